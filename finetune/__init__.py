@@ -1,0 +1,1 @@
+"""captionkit command-line scripts (run them by path: python finetune/<script>.py --help)."""

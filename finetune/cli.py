@@ -1,0 +1,85 @@
+"""Shared command-line plumbing for the scripts: lenient number types, common flags, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from library.errors import FatalError
+from library.runtime import is_main_process, process_rank, setup_logging
+
+logger = logging.getLogger("captionkit")
+
+EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def lenient_int(text: str) -> int:
+    """An integer that also accepts integral floats such as '1.0' (the kohya_ss GUI passes those)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def positive_int(text: str) -> int:
+    value = lenient_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = lenient_int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str) -> None:
+    """Flags every captioning script shares (sd-scripts names first, captionkit additions after)."""
+    parser.add_argument("--batch_size", type=positive_int, default=1, help="images per inference batch (default 1)")
+    parser.add_argument("--max_data_loader_n_workers", type=non_negative_int, default=None,
+                        help="processes that decode images (default: one per CPU core, at most 16; 0 = none)")
+    parser.add_argument("--caption_extension", type=str, default=caption_extension,
+                        help=f"extension of the caption files, with or without the dot (default {caption_extension})")
+    parser.add_argument("--caption_extention", type=str, default=None,
+                        help="old misspelling of --caption_extension, still accepted")
+    parser.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
+    parser.add_argument("--debug", action="store_true", help="log every caption as it is written")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="resume: skip images that already have a caption file (or an --output_path entry)")
+    parser.add_argument("--output_dir", type=str, default=None,
+                        help="write caption files into this folder, mirroring the input tree (for read-only datasets)")
+    parser.add_argument("--device", type=str, default="auto",
+                        help="auto (default), cpu, cuda, cuda:N, rocm, dml, coreml, openvino")
+
+
+def resolve_caption_extension(args: argparse.Namespace) -> None:
+    if getattr(args, "caption_extention", None) is not None:
+        args.caption_extension = args.caption_extention
+
+
+def run_script(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+               fatal_errors: tuple[type[BaseException], ...] = (FatalError,), argv: list[str] | None = None) -> int:
+    """Parse, set up logging, enforce the one-writer rule, run main, and map failures to exit codes.
+
+    Fatal errors print one line 'error: ...' and give exit code 1; Ctrl-C gives 130.
+    """
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "debug", False))
+    if not is_main_process():
+        logger.info("process rank %d: only rank 0 writes captions; nothing to do here", process_rank())
+        return EXIT_OK
+    try:
+        return main(args)
+    except fatal_errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

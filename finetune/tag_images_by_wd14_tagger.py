@@ -1,0 +1,112 @@
+"""Tag images with a WD tagger (SmilingWolf v2/v3, cl_tagger) and write Danbooru-style caption files.
+
+A drop-in for sd-scripts' finetune/tag_images_by_wd14_tagger.py: same flags, same files, its bugs fixed.
+Example:
+    python finetune/tag_images_by_wd14_tagger.py ./dataset --repo_id SmilingWolf/wd-swinv2-tagger-v3 \
+        --batch_size 8 --remove_underscore --thresh 0.35
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+
+from pathlib import Path  # noqa: E402
+
+from finetune import cli  # noqa: E402
+from library.errors import FatalError  # noqa: E402
+from library.tag_processing import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement  # noqa: E402
+from library.tagging import TaggerConfig, tag_images  # noqa: E402
+from library.wd_tagger import DEFAULT_REPO_ID  # noqa: E402
+
+
+def setup_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("train_data_dir", type=str, help="folder of images to tag (or one image file)")
+    p.add_argument("--repo_id", type=str, default=DEFAULT_REPO_ID,
+                   help="hub id 'org/name' or 'org/name/subfolder' (cl_tagger layout), or a local model folder "
+                        f"(default {DEFAULT_REPO_ID})")
+    p.add_argument("--model_dir", type=str, default="wd14_tagger_model",
+                   help="where models are kept, as <model_dir>/<org>_<name>/ (default wd14_tagger_model)")
+    p.add_argument("--force_download", action="store_true", help="download the model files again")
+    p.add_argument("--onnx", action="store_true",
+                   help="accepted for compatibility: ONNX Runtime is used whenever the model has model.onnx")
+    cli.add_common_run_args(p, caption_extension=".txt")
+    p.add_argument("--output_path", type=str, default=None,
+                   help="write captions to this .json (sd-scripts metadata) or .jsonl file (with scores) "
+                        "instead of caption files")
+    p.add_argument("--thresh", type=float, default=0.35, help="confidence threshold for a tag (default 0.35)")
+    for cat in THRESHOLD_CATEGORIES:
+        p.add_argument(f"--{cat}_threshold", type=float, default=None,
+                       help=f"threshold for {cat} tags (default: --thresh; above 1 disables them)")
+    p.add_argument("--general_mcut", action="store_true",
+                   help="automatic general threshold (MCut: middle of the largest gap between scores)")
+    p.add_argument("--character_mcut", action="store_true",
+                   help="automatic character threshold (MCut, never below 0.15)")
+    p.add_argument("--remove_underscore", action="store_true",
+                   help="write 'long hair' instead of 'long_hair' (kaomoji and tags of 3 characters keep theirs)")
+    p.add_argument("--undesired_tags", type=str, default="", help="tags never to write, e.g. 'solo,simple background'")
+    p.add_argument("--frequency_tags", action="store_true", help="print how often each tag was written")
+    p.add_argument("--append_tags", action="store_true",
+                   help="keep an existing caption's tags first and add only the new ones")
+    p.add_argument("--use_rating_tags", action="store_true", help="put the rating tag first")
+    p.add_argument("--use_rating_tags_as_last_tag", action="store_true", help="put the rating tag last")
+    p.add_argument("--use_quality_tags", action="store_true", help="put the quality tag first (cl_tagger layout)")
+    p.add_argument("--use_quality_tags_as_last_tag", action="store_true", help="put the quality tag last")
+    p.add_argument("--character_tags_first", action="store_true", help="character tags before general tags")
+    p.add_argument("--always_first_tags", type=str, default=None,
+                   help="tags moved to the front in the order given, e.g. '1girl,1boy'")
+    p.add_argument("--caption_separator", type=str, default=", ", help="separator between tags (default ', ')")
+    p.add_argument("--tag_replacement", type=str, default=None,
+                   help="'source1,target1;source2,target2'; escape ',' and ';' inside tags as '\\,' and '\\;'")
+    p.add_argument("--character_tag_expand", action="store_true",
+                   help="'chara_(series)' becomes two tags: 'chara', 'series'")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> TaggerConfig:
+    cli.resolve_caption_extension(args)
+    if not args.caption_separator:
+        raise FatalError("--caption_separator must not be empty")
+    try:
+        parse_tag_replacement(args.tag_replacement)
+    except ValueError as exc:
+        raise FatalError(str(exc)) from None
+    thresholds = {c: (getattr(args, f"{c}_threshold") if getattr(args, f"{c}_threshold") is not None else args.thresh)
+                  for c in THRESHOLD_CATEGORIES}
+    options = TagOptions(
+        caption_separator=args.caption_separator, thresholds=thresholds, general_mcut=args.general_mcut,
+        character_mcut=args.character_mcut, remove_underscore=args.remove_underscore,
+        undesired_tags=args.undesired_tags, always_first_tags=args.always_first_tags,
+        tag_replacement=args.tag_replacement, character_tag_expand=args.character_tag_expand,
+        character_tags_first=args.character_tags_first, use_rating_tags=args.use_rating_tags,
+        use_rating_tags_as_last_tag=args.use_rating_tags_as_last_tag, use_quality_tags=args.use_quality_tags,
+        use_quality_tags_as_last_tag=args.use_quality_tags_as_last_tag)
+    return TaggerConfig(
+        train_data_dir=Path(args.train_data_dir), repo_id=args.repo_id, model_dir=args.model_dir,
+        force_download=args.force_download, device=args.device, batch_size=args.batch_size,
+        workers=args.max_data_loader_n_workers, recursive=args.recursive, caption_extension=args.caption_extension,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        output_path=Path(args.output_path) if args.output_path else None, skip_existing=args.skip_existing,
+        append_tags=args.append_tags, debug=args.debug, progress=not args.no_progress, tag_options=options)
+
+
+def main(args: argparse.Namespace) -> int:
+    outcome = tag_images(build_config(args))
+    if args.frequency_tags:
+        print("Tag frequencies:")
+        for tag, count in outcome.tag_frequency.most_common():
+            print(f"{tag}: {count}")
+    for line in outcome.summary.lines():
+        print(line)
+    return cli.EXIT_INTERRUPTED if outcome.summary.interrupted else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_script(main, setup_parser()))

@@ -1,0 +1,139 @@
+"""ONNX Runtime sessions: execution provider choice by device, GPU detection, and a loud warning on CPU fallback."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+from .errors import FatalError
+
+logger = logging.getLogger(__name__)
+
+# preference order when --device auto
+PROVIDER_ORDER = (
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+DEVICE_PROVIDERS = {
+    "cuda": "CUDAExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class ProviderError(FatalError):
+    """The requested device cannot be used; the message says what to install or choose instead."""
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the NVIDIA driver reports (0 without a driver), without importing torch."""
+    names = {"win32": ["nvcuda.dll"], "darwin": []}.get(sys.platform, ["libcuda.so.1", "libcuda.so"])
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        try:
+            if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+        except AttributeError:
+            return 0
+        return count.value
+    return 0
+
+
+def parse_device(device: str | None) -> tuple[str, int]:
+    """'auto', 'cpu', 'cuda', 'cuda:1', 'rocm', 'dml:0', ... -> (kind, index)."""
+    device = (device or "auto").strip().lower()
+    kind, _, index = device.partition(":")
+    if kind != "auto" and kind not in DEVICE_PROVIDERS:
+        raise ProviderError(f"--device {device!r}: choose auto, cpu, cuda[:N], rocm[:N], dml[:N], coreml, openvino "
+                            "or tensorrt[:N]")
+    try:
+        return kind, int(index) if index else 0
+    except ValueError:
+        raise ProviderError(f"--device {device!r}: the part after ':' must be a device number") from None
+
+
+def choose_providers(device: str | None, available: list[str]) -> list:
+    """Provider list for InferenceSession: the requested one (or the best present one) then CPU."""
+    kind, index = parse_device(device)
+    if kind == "auto":
+        chosen = []
+        for name in PROVIDER_ORDER:
+            if name not in available:
+                continue
+            if name == "CUDAExecutionProvider" and cuda_device_count() == 0:
+                continue  # GPU build installed on a machine without an NVIDIA GPU: plain CPU, no scary errors
+            if name == "OpenVINOExecutionProvider":
+                continue  # OpenVINO's CPU path brings no gain over ORT's own; ask for it with --device openvino
+            chosen.append(name)
+        return _with_options(chosen or ["CPUExecutionProvider"], 0)
+    provider = DEVICE_PROVIDERS[kind]
+    if provider not in available:
+        raise ProviderError(
+            f"--device {kind}: ONNX Runtime here has no {provider} (available: {', '.join(available)}). "
+            + ("Install onnxruntime-gpu matching your CUDA version, or use --device cpu."
+               if kind in ("cuda", "tensorrt") else "Install the ONNX Runtime build for that device, or use --device cpu."))
+    return _with_options([provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider], index)
+
+
+def _with_options(names: list[str], index: int) -> list:
+    out = []
+    for name in names:
+        if name in ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider",
+                    "TensorrtExecutionProvider"):
+            out.append((name, {"device_id": index}))
+        else:
+            out.append(name)
+    return out
+
+
+def _name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
+def create_session(model_path: str | os.PathLike, device: str | None = "auto"):
+    """An InferenceSession on the best or requested device; warns loudly when a GPU was wanted but CPU runs.
+
+    Args:
+        model_path: the .onnx file.
+        device: auto, cpu, cuda[:N], rocm[:N], dml[:N], coreml, openvino, tensorrt[:N].
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = choose_providers(device, available)
+    wanted_gpu = [_name(p) for p in providers if _name(p) != "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in wanted_gpu and hasattr(ort, "preload_dlls"):
+        try:  # load CUDA/cuDNN from the nvidia-* pip packages (those torch installs) when they match
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - best effort; the fallback check below reports the outcome
+            pass
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    active = session.get_providers()
+    if wanted_gpu and wanted_gpu[0] not in active:
+        logger.warning(
+            "\n" + "!" * 78 + "\n"
+            f"  {wanted_gpu[0]} could not be loaded: ONNX Runtime is running on the CPU (much slower).\n"
+            "  Usual cause: onnxruntime-gpu built for another CUDA/cuDNN major version\n"
+            f"  (onnxruntime {ort.__version__}). Install the matching CUDA and cuDNN, or `pip install torch` with\n"
+            "  the same CUDA major version, or pass --device cpu to silence this warning.\n" + "!" * 78)
+    else:
+        logger.info("ONNX Runtime providers: %s", ", ".join(active))
+    return session

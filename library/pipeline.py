@@ -1,0 +1,168 @@
+"""The batched pipeline every script shares: decode in worker processes with bounded prefetch, infer in batches."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .image_io import ImageLoadError
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 4  # images per worker task: few enough to keep latency low, enough to amortise IPC
+
+
+@dataclass
+class LoadedItem:
+    """One image after the loader ran: its payload, or the reason it failed."""
+
+    path: Path
+    data: Any = None
+    size: tuple[int, int] | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunSummary:
+    """Counts of a run, failures with reasons, and throughput."""
+
+    verb: str = "done"
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def lines(self, max_failures: int = 50) -> list[str]:
+        rate = (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+        head = (f"{self.verb} {self.done}, skipped {self.skipped}, failed {self.failed} "
+                f"in {self.seconds:.1f} s ({rate:.1f} img/s)")
+        if self.interrupted:
+            head += f"; interrupted, {self.total - self.done - self.failed} not processed"
+        out = [head]
+        for path, reason in self.failures[:max_failures]:
+            out.append(f"  failed: {path}: {reason}")
+        if self.failed > max_failures:
+            out.append(f"  ... and {self.failed - max_failures} more failures")
+        return out
+
+
+def default_workers() -> int:
+    """Decode workers when --max_data_loader_n_workers is not given: every core, at most 16."""
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and shuts workers down
+
+
+def _load_one(loader: Callable, path: Path) -> LoadedItem:
+    try:
+        data, size = loader(path)
+        return LoadedItem(path, data, size)
+    except ImageLoadError as exc:
+        return LoadedItem(path, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a per-image failure is data, never the end of the run
+        return LoadedItem(path, error=f"{exc.__class__.__name__}: {exc}")
+
+
+def _load_chunk(loader: Callable, paths: Sequence[Path]) -> list[LoadedItem]:
+    return [_load_one(loader, p) for p in paths]
+
+
+def iter_loaded(paths: Sequence[Path], loader: Callable, workers: int,
+                prefetch: int | None = None) -> Iterator[LoadedItem]:
+    """Yield LoadedItems in input order; with workers > 0 loading runs in a process pool.
+
+    Args:
+        paths: images to load.
+        loader: picklable callable path -> (payload, (w, h)); raises ImageLoadError for bad files.
+        workers: worker processes (0 = load in this process).
+        prefetch: chunks in flight at most (bounded memory); default 4 per worker.
+    """
+    if workers <= 0:
+        for p in paths:
+            yield _load_one(loader, p)
+        return
+    chunks = [list(paths[i:i + CHUNK_SIZE]) for i in range(0, len(paths), CHUNK_SIZE)]
+    window = prefetch or workers * 4
+    ctx = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(max_workers=min(workers, max(1, len(chunks))), mp_context=ctx,
+                                   initializer=_ignore_sigint)
+    pending: deque = deque()
+    next_chunk = 0
+    try:
+        while next_chunk < len(chunks) or pending:
+            while next_chunk < len(chunks) and len(pending) < window:
+                pending.append(executor.submit(_load_chunk, loader, chunks[next_chunk]))
+                next_chunk += 1
+            yield from pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def run_batches(paths: Sequence[Path], loader: Callable, process_batch: Callable[[list[LoadedItem]], Iterable],
+                *, batch_size: int, workers: int, summary: RunSummary, desc: str = "images",
+                progress: bool = True) -> RunSummary:
+    """Load `paths`, call `process_batch` on each batch of good items, and account for every image.
+
+    Args:
+        process_batch: gets up to batch_size good LoadedItems; returns one error string or None per item.
+        summary: filled in place (done, failures, seconds, interrupted) and returned.
+    """
+    from tqdm import tqdm
+
+    summary.total += len(paths)
+    start = time.perf_counter()
+    batch: list[LoadedItem] = []
+    bar = tqdm(total=len(paths), desc=desc, unit="img", smoothing=0.1, disable=not progress, dynamic_ncols=True)
+
+    def flush() -> None:
+        try:
+            errors = list(process_batch(batch))
+        except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; the run goes on
+            logger.exception("batch of %d images failed", len(batch))
+            errors = [f"{exc.__class__.__name__}: {exc}"] * len(batch)
+        for item, err in zip(batch, errors):
+            if err:
+                summary.failures.append((item.path, err))
+                logger.error("%s: %s", item.path, err)
+            else:
+                summary.done += 1
+        bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for item in iter_loaded(paths, loader, workers):
+            if item.error:
+                summary.failures.append((item.path, item.error))
+                logger.error("%s: %s", item.path, item.error)
+                bar.update(1)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        logger.warning("interrupted: stopping after the files already written (no file is left half-written)")
+    finally:
+        bar.close()
+        summary.seconds += time.perf_counter() - start
+    return summary

@@ -1,0 +1,86 @@
+"""Caption sidecar files: where they go, atomic writes, reading tags back and append-merging."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def normalize_extension(extension: str) -> str:
+    """'.txt' or 'txt' -> '.txt'; an empty extension is an error (it would overwrite the image's stem file)."""
+    extension = (extension or "").strip()
+    if not extension or extension == ".":
+        raise ValueError("caption extension must not be empty (e.g. .txt or .caption)")
+    return extension if extension.startswith(".") else "." + extension
+
+
+class SidecarLayout:
+    """Maps an image to its caption file: next to the image, or mirrored under an output folder.
+
+    Args:
+        extension: caption extension, with or without the leading dot.
+        input_root: the dataset folder the images were found in (needed for `output_dir`).
+        output_dir: when given, sidecars go to output_dir/<path relative to input_root>.
+    """
+
+    def __init__(self, extension: str, input_root: str | os.PathLike | None = None,
+                 output_dir: str | os.PathLike | None = None):
+        self.extension = normalize_extension(extension)
+        self.input_root = Path(input_root) if input_root is not None else None
+        if self.input_root is not None and self.input_root.is_file():
+            self.input_root = self.input_root.parent
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    def path_for(self, image_path: str | os.PathLike) -> Path:
+        image_path = Path(image_path)
+        target = image_path
+        if self.output_dir is not None:
+            try:
+                rel = image_path.relative_to(self.input_root) if self.input_root else Path(image_path.name)
+            except ValueError:
+                rel = Path(image_path.name)
+            target = self.output_dir / rel
+        return target.with_name(target.stem + self.extension)
+
+    def exists_for(self, image_path: str | os.PathLike) -> bool:
+        return self.path_for(image_path).is_file()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text through a temporary file in the same folder and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_caption(path: str | os.PathLike, caption: str) -> None:
+    """Write one caption with exactly one trailing newline, atomically."""
+    atomic_write_text(path, caption.rstrip("\n") + "\n")
+
+
+def read_caption(path: str | os.PathLike) -> str | None:
+    """The caption text without its trailing newlines, or None when there is no file."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip("\r\n")
+    except FileNotFoundError:
+        return None
+
+
+def split_caption(text: str, separator: str) -> list[str]:
+    """Tags of a caption written with `separator` (whitespace separators split on whitespace)."""
+    sep = separator.strip()
+    parts = text.split(sep) if sep else text.split()
+    return [p.strip() for p in parts if p.strip()]

@@ -1,0 +1,135 @@
+"""Tag a folder of images with a WD tagger: discovery, resume, batched inference, sidecars or metadata, summary."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .discovery import discover_images
+from .errors import FatalError
+from .metadata_output import MetadataWriter
+from .pipeline import LoadedItem, RunSummary, default_workers, run_batches
+from .preprocess import SquareImageLoader
+from .sidecars import SidecarLayout, read_caption, split_caption, write_caption
+from .tag_processing import TagOptions, TagResult, TagSelector, tag_key
+from .wd_tagger import DEFAULT_REPO_ID, WDTagger
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TaggerConfig:
+    """Everything a tagging run needs, resolved from the command line."""
+
+    train_data_dir: Path
+    repo_id: str = DEFAULT_REPO_ID
+    model_dir: str = "wd14_tagger_model"
+    force_download: bool = False
+    device: str = "auto"
+    batch_size: int = 1
+    workers: int | None = None
+    recursive: bool = False
+    caption_extension: str = ".txt"
+    output_dir: Path | None = None
+    output_path: Path | None = None
+    skip_existing: bool = False
+    append_tags: bool = False
+    debug: bool = False
+    progress: bool = True
+    tag_options: TagOptions = field(default_factory=TagOptions)
+
+
+@dataclass
+class TaggerOutcome:
+    summary: RunSummary
+    tag_frequency: Counter
+
+
+def _merge_existing(tags: list[str], existing_text: str | None, separator: str) -> list[str]:
+    if not existing_text:
+        return tags
+    existing = split_caption(existing_text, separator)
+    seen = {tag_key(t) for t in existing}
+    return existing + [t for t in tags if tag_key(t) not in seen]
+
+
+def _log_debug(path: Path, result: TagResult, separator: str) -> None:
+    cats = result.by_category
+    logger.info("%s:", path)
+    logger.info("\tRating tags: %s", separator.join(cats.get("rating", [])))
+    logger.info("\tCharacter tags: %s", separator.join(cats.get("character", [])))
+    logger.info("\tGeneral tags: %s", separator.join(cats.get("general", [])))
+    other = [f"{t} ({c})" for c in ("copyright", "artist", "meta", "model", "quality") for t in cats.get(c, [])]
+    if other:
+        logger.info("\tOther tags: %s", separator.join(other))
+
+
+def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
+    """Run the tagger over cfg.train_data_dir and return the summary and tag frequencies."""
+    images = discover_images(cfg.train_data_dir, cfg.recursive)
+    try:
+        layout = SidecarLayout(cfg.caption_extension, cfg.train_data_dir, cfg.output_dir)
+    except ValueError as exc:
+        raise FatalError(str(exc)) from None
+    metadata = MetadataWriter(cfg.output_path, resume=cfg.skip_existing) if cfg.output_path else None
+    summary = RunSummary(verb="tagged")
+    if cfg.skip_existing:
+        done = metadata.has if metadata else layout.exists_for
+        todo = [p for p in images if not done(p)]
+        summary.skipped = len(images) - len(todo)
+        summary.total = summary.skipped
+        images = todo
+    logger.info("found %d images to tag (%d skipped)", len(images), summary.skipped)
+    freq: Counter = Counter()
+    if not images:
+        return TaggerOutcome(summary, freq)
+
+    tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device)
+    selector = TagSelector(tagger.labels, cfg.tag_options)
+    batch_size = cfg.batch_size
+    if tagger.fixed_batch and tagger.fixed_batch != batch_size:
+        logger.warning("the model has a fixed batch size of %d: using it instead of --batch_size %d",
+                       tagger.fixed_batch, batch_size)
+        batch_size = tagger.fixed_batch
+    sep = cfg.tag_options.caption_separator
+
+    def process(batch: list[LoadedItem]) -> list[str | None]:
+        probs = tagger.predict(np.stack([item.data for item in batch]))
+        errors: list[str | None] = []
+        for item, p in zip(batch, probs):
+            result = selector.select(p)
+            tags = result.tags
+            target = layout.path_for(item.path)
+            if cfg.append_tags:
+                existing = read_caption(target)
+                if existing is None and cfg.output_dir is not None:
+                    existing = read_caption(item.path.with_name(item.path.stem + layout.extension))
+                tags = _merge_existing(tags, existing, sep)
+            caption = sep.join(tags)
+            try:
+                if metadata is not None:
+                    metadata.add(item.path, caption, item.size, result.scores)
+                else:
+                    write_caption(target, caption)
+            except OSError as exc:
+                errors.append(f"cannot write {target}: {exc.strerror or exc}")
+                continue
+            freq.update(result.tags)
+            if cfg.debug:
+                _log_debug(item.path, result, sep)
+            errors.append(None)
+        return errors
+
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    try:
+        run_batches(images, SquareImageLoader(tagger.image_size), process, batch_size=batch_size, workers=workers,
+                    summary=summary, desc="tagging", progress=cfg.progress)
+    finally:
+        if metadata is not None:
+            metadata.write()
+            logger.info("captions saved to %s", cfg.output_path)
+    return TaggerOutcome(summary, freq)

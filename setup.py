@@ -1,0 +1,28 @@
+"""Install captionkit's shared library (the scripts under finetune/ run by path and need no install)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [
+    line.strip() for line in (here / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="captionkit",
+    version="0.1.0",
+    description="Fast, robust, sd-scripts compatible captioning for diffusion-model training datasets",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["library", "library.*", "finetune"]),
+    package_data={"library": ["data/*.json"]},
+    python_requires=">=3.10",
+    install_requires=requirements,
+    extras_require={
+        "tensorflow": ["tensorflow-cpu>=2.15"],
+        "ray": ["ray[data]>=2.9"],
+        "quantization": ["bitsandbytes>=0.43"],
+    },
+)
