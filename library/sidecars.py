@@ -84,3 +84,11 @@ def split_caption(text: str, separator: str) -> list[str]:
     sep = separator.strip()
     parts = text.split(sep) if sep else text.split()
     return [p.strip() for p in parts if p.strip()]
+
+
+def shared_sidecars(images, layout: SidecarLayout) -> dict[Path, list[Path]]:
+    """Caption files that several images would write (a.png and a.jpg both map to a.txt)."""
+    owners: dict[Path, list[Path]] = {}
+    for image in images:
+        owners.setdefault(layout.path_for(image), []).append(Path(image))
+    return {caption: imgs for caption, imgs in owners.items() if len(imgs) > 1}

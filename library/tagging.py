@@ -14,7 +14,7 @@ from .errors import FatalError
 from .metadata_output import MetadataWriter
 from .pipeline import LoadedItem, RunSummary, default_workers, run_batches
 from .preprocess import SquareImageLoader
-from .sidecars import SidecarLayout, read_caption, split_caption, write_caption
+from .sidecars import SidecarLayout, read_caption, shared_sidecars, split_caption, write_caption
 from .tag_processing import TagOptions, TagResult, TagSelector, tag_key
 from .wd_tagger import DEFAULT_REPO_ID, WDTagger
 
@@ -75,6 +75,10 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
         layout = SidecarLayout(cfg.caption_extension, cfg.train_data_dir, cfg.output_dir)
     except ValueError as exc:
         raise FatalError(str(exc)) from None
+    if cfg.output_path is None:
+        for caption, owners in shared_sidecars(images, layout).items():
+            logger.warning("%s is the caption file of %d images (%s): the last one written wins; rename them "
+                           "to keep both", caption, len(owners), ", ".join(p.name for p in owners))
     metadata = MetadataWriter(cfg.output_path, resume=cfg.skip_existing) if cfg.output_path else None
     summary = RunSummary(verb="tagged")
     if cfg.skip_existing:
