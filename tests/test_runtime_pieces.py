@@ -1,0 +1,136 @@
+"""Execution providers, sidecar files, the worker pipeline and Ctrl-C handling."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from library.image_io import ImageLoadError
+from library.onnx_runtime import ProviderError, choose_providers, create_session, parse_device
+from library.pipeline import RunSummary, iter_loaded, run_batches
+from library.sidecars import SidecarLayout, atomic_write_text, normalize_extension, shared_sidecars, split_caption
+from tests.conftest import ROOT, SCRIPT, WD_TAGS
+
+
+def names(providers):
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def test_provider_choice():
+    assert names(choose_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])) == ["CPUExecutionProvider"]
+    assert choose_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == (
+        "CUDAExecutionProvider", {"device_id": 1})
+    auto = names(choose_providers("auto", ["DmlExecutionProvider", "CPUExecutionProvider"]))
+    assert auto == ["DmlExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ProviderError, match="no ROCMExecutionProvider"):
+        choose_providers("rocm", ["CPUExecutionProvider"])
+    with pytest.raises(ProviderError):
+        parse_device("tpu")
+
+
+def test_auto_skips_cuda_without_a_gpu():
+    from library.onnx_runtime import cuda_device_count
+    if cuda_device_count():
+        pytest.skip("a CUDA GPU is present")
+    auto = names(choose_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    assert auto == ["CPUExecutionProvider"]
+
+
+def test_loud_warning_when_the_gpu_provider_falls_back_to_cpu(model_dir, caplog):
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime build has no CUDA provider")
+    from library.onnx_runtime import cuda_device_count
+    if cuda_device_count():
+        pytest.skip("a working GPU would not fall back")
+    with caplog.at_level(logging.WARNING):
+        session = create_session(model_dir / "org_tiny" / "model.onnx", "cuda")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "running on the CPU" in caplog.text
+
+
+def test_sidecar_layout_and_extensions(tmp_path):
+    assert normalize_extension("txt") == ".txt" and normalize_extension(".caption") == ".caption"
+    with pytest.raises(ValueError):
+        normalize_extension("")
+    layout = SidecarLayout("txt")
+    assert layout.path_for(tmp_path / "a.b.png") == tmp_path / "a.b.txt"
+    mirrored = SidecarLayout(".txt", tmp_path / "in", tmp_path / "out")
+    assert mirrored.path_for(tmp_path / "in" / "x" / "y.jpg") == tmp_path / "out" / "x" / "y.txt"
+    clashes = shared_sidecars([tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "b.png"], layout)
+    assert list(clashes) == [tmp_path / "a.txt"]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "c.txt"
+    atomic_write_text(target, "old\n")
+
+    with pytest.raises(TypeError):
+        atomic_write_text(target, 123)  # write fails midway
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.txt"]  # no temp file left behind
+
+
+def test_split_caption():
+    assert split_caption("a, b ,c\n", ", ") == ["a", "b", "c"]
+    assert split_caption("a b  c", " ") == ["a", "b", "c"]
+
+
+class SlowSquare:
+    """Picklable loader that fails on names containing 'bad'."""
+
+    def __call__(self, path):
+        if "bad" in path.name:
+            raise ImageLoadError("broken on purpose")
+        return np.full((2, 2, 3), len(path.name), np.uint8), (2, 2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pipeline_order_errors_and_batches(workers):
+    paths = [Path(f"img{i:02d}{'bad' if i % 7 == 3 else ''}.png") for i in range(23)]
+    loaded = list(iter_loaded(paths, SlowSquare(), workers=workers, prefetch=3))
+    assert [i.path for i in loaded] == paths
+    assert [i.error for i in loaded if i.error] == ["broken on purpose"] * 3  # img03, img10, img17
+    seen = []
+
+    def process(batch):
+        seen.append(len(batch))
+        return [None if i % 2 else "write failed" for i in range(len(batch))]
+
+    summary = run_batches(paths, SlowSquare(), process, batch_size=5, workers=workers, summary=RunSummary(),
+                          progress=False)
+    assert seen == [5, 5, 5, 5] and summary.done + summary.failed == 23
+    assert summary.failed == 3 + 4 * 3  # 3 unreadable, and 3 of every 5 written "failed"
+    assert "failed 15" in summary.lines()[0] and "broken on purpose" in "\n".join(summary.lines())
+
+
+def test_ctrl_c_stops_cleanly_without_half_written_files(tmp_path, model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8))
+    for i in range(80):
+        base.save(data / f"img{i:03d}.png", compress_level=1)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(data), "--repo_id", "org/tiny", "--model_dir",
+                             str(model_dir), "--max_data_loader_n_workers", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(data.glob("*.txt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out
+    written = list(data.glob("*.txt"))
+    assert 0 < len(written) < 80
+    assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temp files
+    for p in written:
+        assert p.read_text().endswith("\n")
