@@ -189,3 +189,14 @@ def test_fixed_batch_model_overrides_batch_size(tmp_path):
     for p in photos:
         sure, unsure = expected_wd(models / "org_fixed", p)
         assert_caption(p.with_suffix(".txt"), sure, unsure)
+
+
+def test_only_rank_zero_writes_under_accelerate(tmp_path, model_dir):
+    d = tmp_path / "data"
+    real_photos(d, n=1)
+    r = run_script(SCRIPT, d, "--repo_id", "org/tiny", "--model_dir", model_dir, cwd=tmp_path,
+                   env={"RANK": "1", "LOCAL_RANK": "1"})
+    assert r.returncode == 0 and not list(d.glob("*.txt"))
+    r = run_script(SCRIPT, d, "--repo_id", "org/tiny", "--model_dir", model_dir, cwd=tmp_path,
+                   env={"RANK": "0", "LOCAL_RANK": "0"})
+    assert r.returncode == 0 and list(d.glob("*.txt"))
