@@ -36,6 +36,8 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--force_download", action="store_true", help="download the model files again")
     p.add_argument("--onnx", action="store_true",
                    help="accepted for compatibility: ONNX Runtime is used whenever the model has model.onnx")
+    p.add_argument("--backend", choices=("auto", "onnx", "tensorflow"), default="auto",
+                   help="auto (default): ONNX when the model has model.onnx, else its TensorFlow SavedModel")
     cli.add_common_run_args(p, caption_extension=".txt")
     p.add_argument("--output_path", type=str, default=None,
                    help="write captions to this .json (sd-scripts metadata) or .jsonl file (with scores) "
@@ -90,7 +92,7 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         use_quality_tags_as_last_tag=args.use_quality_tags_as_last_tag)
     return TaggerConfig(
         train_data_dir=Path(args.train_data_dir), repo_id=args.repo_id, model_dir=args.model_dir,
-        force_download=args.force_download, device=args.device, batch_size=args.batch_size,
+        force_download=args.force_download, device=args.device, backend=args.backend, batch_size=args.batch_size,
         workers=args.max_data_loader_n_workers, recursive=args.recursive, caption_extension=args.caption_extension,
         output_dir=Path(args.output_dir) if args.output_dir else None,
         output_path=Path(args.output_path) if args.output_path else None, skip_existing=args.skip_existing,

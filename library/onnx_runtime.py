@@ -137,3 +137,18 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto"):
     else:
         logger.info("ONNX Runtime providers: %s", ", ".join(active))
     return session
+
+
+class OnnxRunner:
+    """A session plus its input name and shape (None for symbolic dimensions); `run` returns the first output."""
+
+    def __init__(self, model_path: str | os.PathLike, device: str | None = "auto"):
+        self.session = create_session(model_path, device)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
+        out = self.session.get_outputs()[0].shape
+        self.output_size = out[-1] if out and isinstance(out[-1], int) else None
+
+    def run(self, x):
+        return self.session.run(None, {self.input_name: x})[0]

@@ -30,6 +30,7 @@ class TaggerConfig:
     model_dir: str = "wd14_tagger_model"
     force_download: bool = False
     device: str = "auto"
+    backend: str = "auto"
     batch_size: int = 1
     workers: int | None = None
     recursive: bool = False
@@ -92,7 +93,7 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
     if not images:
         return TaggerOutcome(summary, freq)
 
-    tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device)
+    tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device, cfg.backend)
     selector = TagSelector(tagger.labels, cfg.tag_options)
     batch_size = cfg.batch_size
     if tagger.fixed_batch and tagger.fixed_batch != batch_size:

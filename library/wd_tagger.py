@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .model_files import ModelLocation, ModelNotAvailable, download_files, locate_model, missing_files
-from .onnx_runtime import create_session
+from .onnx_runtime import OnnxRunner
 from .preprocess import cl_input, wd_input
 from .tag_labels import TagLabels, load_selected_tags_csv, load_tag_mapping_json
 
@@ -31,6 +31,7 @@ class TaggerFiles:
     layout: str
     model: Path
     labels: Path
+    backend: str = "onnx"
 
 
 def _is_cl_layout(location: ModelLocation) -> bool:
@@ -39,8 +40,13 @@ def _is_cl_layout(location: ModelLocation) -> bool:
     return (location.folder / JSON_FILE).is_file() and not (location.folder / CSV_FILE).is_file()
 
 
-def ensure_tagger_files(location: ModelLocation, force_download: bool = False) -> TaggerFiles:
-    """Make sure every file the tagger needs is present (checking files, not the folder), downloading what is not."""
+def ensure_tagger_files(location: ModelLocation, force_download: bool = False, backend: str = "auto") -> TaggerFiles:
+    """Make sure every file the tagger needs is present (checking files, not the folder), downloading what is not.
+
+    Args:
+        backend: 'onnx', 'tensorflow' (legacy v2 SavedModel), or 'auto': ONNX whenever model.onnx is there or
+            can be downloaded, the SavedModel when the folder holds only that.
+    """
     folder = location.folder
     if _is_cl_layout(location):
         onnx_name = next((n for n in CL_ONNX_NAMES if (folder / n).is_file()), None)
@@ -50,19 +56,25 @@ def ensure_tagger_files(location: ModelLocation, force_download: bool = False) -
             onnx_name = _download_first_available(location, CL_ONNX_NAMES, force_download)
         return TaggerFiles("cl", folder / onnx_name, folder / JSON_FILE)
 
-    wanted = [WD_ONNX, CSV_FILE]
+    has_saved_model = not missing_files(folder, SAVED_MODEL_FILES)
+    use_tf = backend == "tensorflow" or (
+        backend == "auto" and has_saved_model and not (folder / WD_ONNX).is_file() and not force_download)
+    wanted = [CSV_FILE] + (list(SAVED_MODEL_FILES) if use_tf else [WD_ONNX])
     todo = wanted if force_download else missing_files(folder, wanted)
     if todo and location.repo_id is None:
-        has_saved_model = not missing_files(folder, SAVED_MODEL_FILES)
-        hint = (" It holds a TensorFlow SavedModel only: convert it or download model.onnx from the same repository."
-                if has_saved_model else "")
+        hint = (" It holds a TensorFlow SavedModel: run with --backend tensorflow."
+                if has_saved_model and not use_tf else "")
         raise ModelNotAvailable(f"{folder}: missing {', '.join(todo)}.{hint}")
     if todo:
         try:
             download_files(location, todo, force=force_download)
         except FileNotFoundError as exc:
-            raise ModelNotAvailable(f"{exc}; this repository has no ONNX model. Use a repository with model.onnx "
-                                    "(e.g. SmilingWolf/wd-swinv2-tagger-v3)") from None
+            if use_tf or backend == "onnx":
+                raise ModelNotAvailable(f"{exc}; choose another --repo_id or --backend") from None
+            logger.warning("%s; falling back to its TensorFlow SavedModel", exc)
+            return ensure_tagger_files(location, force_download, backend="tensorflow")
+    if use_tf:
+        return TaggerFiles("wd", folder, folder / CSV_FILE, backend="tensorflow")
     return TaggerFiles("wd", folder / WD_ONNX, folder / CSV_FILE)
 
 
@@ -76,10 +88,6 @@ def _download_first_available(location: ModelLocation, names, force: bool) -> st
     raise ModelNotAvailable(f"{location.repo_id}/{location.subfolder}: none of {', '.join(names)} found on the hub")
 
 
-def _static_dim(value) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
-
-
 class WDTagger:
     """A loaded tagger: input size and fixed batch read from the model, `predict` returns probabilities."""
 
@@ -88,27 +96,28 @@ class WDTagger:
         self.layout = files.layout
         self.labels: TagLabels = (load_tag_mapping_json(files.labels) if self.layout == "cl"
                                   else load_selected_tags_csv(files.labels))
-        self.session = create_session(files.model, device)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        shape = list(inp.shape)
+        if files.backend == "tensorflow":
+            from .tf_backend import SavedModelRunner
+
+            self.runner = SavedModelRunner(files.model)
+        else:
+            self.runner = OnnxRunner(files.model, device)
+        shape = self.runner.input_shape
         if len(shape) != 4:
             raise ModelNotAvailable(f"{files.model}: expected a 4-D image input, got shape {shape}")
-        size_dim = shape[2] if self.layout == "cl" else shape[1]
-        self.image_size = _static_dim(size_dim) or DEFAULT_IMAGE_SIZE
-        self.fixed_batch = _static_dim(shape[0])
-        outputs = self.session.get_outputs()
-        n_out = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-        if isinstance(n_out, int) and n_out != len(self.labels):
+        self.image_size = (shape[2] if self.layout == "cl" else shape[1]) or DEFAULT_IMAGE_SIZE
+        self.fixed_batch = shape[0]
+        n_out = getattr(self.runner, "output_size", None)
+        if n_out is not None and n_out != len(self.labels):
             raise ModelNotAvailable(f"{files.model}: the model has {n_out} outputs but {files.labels.name} lists "
                                     f"{len(self.labels)} tags; the two files do not belong together "
                                     "(re-download with --force_download)")
 
     @classmethod
     def from_repo(cls, repo_id: str, model_dir: str, force_download: bool = False,
-                  device: str | None = "auto") -> "WDTagger":
+                  device: str | None = "auto", backend: str = "auto") -> "WDTagger":
         """Locate (and download if needed) the model named by --repo_id/--model_dir, then load it."""
-        files = ensure_tagger_files(locate_model(repo_id, model_dir), force_download)
+        files = ensure_tagger_files(locate_model(repo_id, model_dir), force_download, backend)
         try:
             return cls(files, device)
         except ModelNotAvailable:
@@ -127,7 +136,7 @@ class WDTagger:
             outs = [self._run_fixed(x[i:i + self.fixed_batch]) for i in range(0, n, self.fixed_batch)]
             probs = np.concatenate(outs, axis=0)[:n]
         else:
-            probs = self.session.run(None, {self.input_name: x})[0]
+            probs = self.runner.run(x)
         probs = np.asarray(probs, dtype=np.float32).reshape(n, -1)
         if self.layout == "cl":
             probs = 1.0 / (1.0 + np.exp(-probs))
@@ -138,4 +147,4 @@ class WDTagger:
         if real < self.fixed_batch:
             pad = np.zeros((self.fixed_batch - real,) + x.shape[1:], dtype=x.dtype)
             x = np.concatenate([x, pad], axis=0)
-        return self.session.run(None, {self.input_name: x})[0][:real]
+        return self.runner.run(x)[:real]
