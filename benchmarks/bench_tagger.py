@@ -96,8 +96,8 @@ def make_tiny_model(folder: Path) -> Path:
     return make_wd_model(folder, tags, size=64)
 
 
-def decode_bound(paths, size: int, workers: int) -> float:
-    loader = SquareImageLoader(size)
+def decode_bound(paths, size: int, workers: int, fast: bool = False) -> float:
+    loader = SquareImageLoader(size, fast)
     start = time.perf_counter()
     with ProcessPoolExecutor(workers) as ex:
         for _ in ex.map(loader, paths, chunksize=4):
@@ -115,8 +115,8 @@ def model_only(tagger: WDTagger, batch: int, n: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def end_to_end(data: Path, model_dir: Path, repo: str, batch: int, workers: int, out: Path) -> float:
-    cfg = TaggerConfig(train_data_dir=data, repo_id=repo, model_dir=str(model_dir), batch_size=batch,
+def end_to_end(data: Path, model_dir: Path, repo: str, batch: int, workers: int, out: Path, fast: bool) -> float:
+    cfg = TaggerConfig(train_data_dir=data, repo_id=repo, model_dir=str(model_dir), batch_size=batch, fast_decode=fast,
                        workers=workers, output_dir=out, progress=False, device="cpu", tag_options=TagOptions())
     result = tag_images(cfg).summary
     assert result.failed == 0, result.lines()
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--skip_realistic", action="store_true")
+    ap.add_argument("--fast_decode", action="store_true", help="measure with reduced-scale JPEG decoding")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -147,9 +148,10 @@ def main() -> None:
         for label, name, build in kinds:
             build(models / name)
             tagger = WDTagger(ensure_tagger_files(locate_model(f"org/{name[4:]}", str(models))), device="cpu")
-            a = decode_bound(paths, tagger.image_size, args.workers)
+            a = decode_bound(paths, tagger.image_size, args.workers, args.fast_decode)
             b = model_only(tagger, args.batch_size, max(64, args.batch_size * 4))
-            c = end_to_end(data, models, f"org/{name[4:]}", args.batch_size, args.workers, tmp / f"out_{name}")
+            c = end_to_end(data, models, f"org/{name[4:]}", args.batch_size, args.workers, tmp / f"out_{name}",
+                           args.fast_decode)
             rows.append((label, a, b, c))
         print(f"{'model':<24}{'(a) decode':>12}{'(b) model':>12}{'(c) e2e':>12}{'c/a':>8}{'c/b':>8}")
         for label, a, b, c in rows:

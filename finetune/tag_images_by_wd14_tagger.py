@@ -68,6 +68,8 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="'source1,target1;source2,target2'; escape ',' and ';' inside tags as '\\,' and '\\;'")
     p.add_argument("--character_tag_expand", action="store_true",
                    help="'chara_(series)' becomes two tags: 'chara', 'series'")
+    p.add_argument("--fast_decode", action="store_true",
+                   help="decode large JPEGs at reduced scale (much faster; tags may differ slightly from the reference)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -96,7 +98,7 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         workers=args.max_data_loader_n_workers, recursive=args.recursive, caption_extension=args.caption_extension,
         output_dir=Path(args.output_dir) if args.output_dir else None,
         output_path=Path(args.output_path) if args.output_path else None, skip_existing=args.skip_existing,
-        append_tags=args.append_tags, debug=args.debug, progress=not args.no_progress, tag_options=options)
+        append_tags=args.append_tags, fast_decode=args.fast_decode, debug=args.debug, progress=not args.no_progress, tag_options=options)
 
 
 def main(args: argparse.Namespace) -> int:

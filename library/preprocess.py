@@ -46,7 +46,8 @@ class SquareImageLoader:
     """Picklable per-image job for worker processes: path -> (uint8 RGB square, original size)."""
 
     size: int
+    fast_decode: bool = False
 
     def __call__(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-        img, original_size = open_image(path)
+        img, original_size = open_image(path, self.size if self.fast_decode else None)
         return square_rgb_uint8(img, self.size), original_size

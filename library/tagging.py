@@ -31,6 +31,7 @@ class TaggerConfig:
     force_download: bool = False
     device: str = "auto"
     backend: str = "auto"
+    fast_decode: bool = False
     batch_size: int = 1
     workers: int | None = None
     recursive: bool = False
@@ -131,7 +132,7 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
 
     workers = default_workers() if cfg.workers is None else cfg.workers
     try:
-        run_batches(images, SquareImageLoader(tagger.image_size), process, batch_size=batch_size, workers=workers,
+        run_batches(images, SquareImageLoader(tagger.image_size, cfg.fast_decode), process, batch_size=batch_size, workers=workers,
                     summary=summary, desc="tagging", progress=cfg.progress)
     finally:
         if metadata is not None:

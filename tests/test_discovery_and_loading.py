@@ -114,3 +114,22 @@ def test_cl_input_is_nchw_bgr_minus_one_to_one():
     x = cl_input(rgb)
     assert x.shape == (1, 3, 2, 2)
     assert np.allclose(x[0, 2], 1.0) and np.allclose(x[0, 0], -1.0)  # BGR: red is the last channel
+
+
+def test_fast_decode_is_close_to_the_reference_and_only_for_large_jpegs(tmp_path):
+    from PIL import Image
+    from tests.fixtures.images import pattern
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray(pattern(2000, 1500, 3)).save(big, quality=95)
+    full, size = open_image(big)
+    reduced, size2 = open_image(big, min_side=448)
+    assert size == size2 == (2000, 1500)
+    assert reduced.size == (500, 375) and full.size == (2000, 1500)
+    fast = SquareImageLoader(448, fast_decode=True)(big)[0].astype(float)
+    ref = reference_preprocess(big, 448)[..., ::-1]
+    assert np.abs(fast - ref).mean() < 3.0
+    small = tmp_path / "small.jpg"
+    Image.fromarray(pattern(600, 400, 4)).save(small, quality=95)
+    assert np.array_equal(SquareImageLoader(448, fast_decode=True)(small)[0],
+                          SquareImageLoader(448)(small)[0])  # not much larger than the input: exact path
