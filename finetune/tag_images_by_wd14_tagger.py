@@ -18,7 +18,7 @@ if sys.path[:1] != [ROOT]:
 
 from pathlib import Path  # noqa: E402
 
-from finetune import cli  # noqa: E402
+from finetune import cli, dataset_args  # noqa: E402
 from library.errors import FatalError  # noqa: E402
 from library.tag_processing import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement  # noqa: E402
 from library.tagging import TaggerConfig, tag_images  # noqa: E402
@@ -71,6 +71,7 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast_decode", action="store_true",
                    help="decode large JPEGs at reduced scale (much faster; tags may differ slightly from the reference)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    dataset_args.add_dataset_config_args(p)
     return p
 
 
@@ -109,7 +110,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"{tag}: {count}")
     for line in outcome.summary.lines():
         print(line)
-    return cli.EXIT_INTERRUPTED if outcome.summary.interrupted else cli.EXIT_OK
+    if outcome.summary.interrupted:
+        return cli.EXIT_INTERRUPTED
+    for line in dataset_args.after_run(args, args.train_data_dir, args.caption_extension):
+        print(line)
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

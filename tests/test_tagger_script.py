@@ -200,3 +200,19 @@ def test_only_rank_zero_writes_under_accelerate(tmp_path, model_dir):
     r = run_script(SCRIPT, d, "--repo_id", "org/tiny", "--model_dir", model_dir, cwd=tmp_path,
                    env={"RANK": "0", "LOCAL_RANK": "0"})
     assert r.returncode == 0 and list(d.glob("*.txt"))
+
+
+def test_dataset_config_written_after_a_recursive_run(tmp_path, model_dir):
+    import tomllib
+    d = tmp_path / "data"
+    real_photos(d / "a", n=1)
+    real_photos(d / "b" / "c", n=1)
+    toml_path = tmp_path / "dataset.toml"
+    r = run_script(SCRIPT, d, "--recursive", "--repo_id", "org/tiny", "--model_dir", model_dir, "--dataset_config",
+                   toml_path, "--bucket_report", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    config = tomllib.loads(toml_path.read_text())
+    subsets = [s for ds in config["datasets"] for s in ds["subsets"]]
+    assert sorted(Path(s["image_dir"]).resolve() for s in subsets) == sorted(
+        [(d / "a").resolve(), (d / "b" / "c").resolve()])
+    assert all(s["caption_extension"] == ".txt" for s in subsets)

@@ -1,0 +1,30 @@
+"""Merge caption files into sd-scripts fine-tuning metadata: {absolute image path: {"caption": ...}}.
+
+A drop-in for sd-scripts' finetune/merge_captions_to_metadata.py: same flags, keys that name real files.
+Example:
+    python finetune/merge_captions_to_metadata.py ./dataset meta_cap.json --caption_extension .caption \
+        --dataset_config dataset.toml
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path[:1] != [ROOT]:
+    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+
+from finetune import cli, dataset_args  # noqa: E402
+
+
+def setup_parser():
+    return dataset_args.merge_parser(__doc__, ".caption", "caption")
+
+
+def main(args) -> int:
+    return dataset_args.merge_main(args, "caption")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_script(main, setup_parser()))
