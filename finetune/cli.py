@@ -40,7 +40,12 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str) -> None:
+ONNX_DEVICE_HELP = "auto (default), cpu, cuda, cuda:N, rocm, dml, coreml, openvino"
+TORCH_DEVICE_HELP = "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
+
+
+def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str,
+                        device_help: str = ONNX_DEVICE_HELP) -> None:
     """Flags every captioning script shares (sd-scripts names first, captionkit additions after)."""
     parser.add_argument("--batch_size", type=positive_int, default=1, help="images per inference batch (default 1)")
     parser.add_argument("--max_data_loader_n_workers", type=non_negative_int, default=None,
@@ -55,8 +60,14 @@ def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str)
                         help="resume: skip images that already have a caption file (or an --output_path entry)")
     parser.add_argument("--output_dir", type=str, default=None,
                         help="write caption files into this folder, mirroring the input tree (for read-only datasets)")
-    parser.add_argument("--device", type=str, default="auto",
-                        help="auto (default), cpu, cuda, cuda:N, rocm, dml, coreml, openvino")
+    parser.add_argument("--device", type=str, default="auto", help=device_help)
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+
+def add_torch_args(parser: argparse.ArgumentParser) -> None:
+    """--dtype for the transformers captioners."""
+    parser.add_argument("--dtype", type=str, default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="model precision: auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, fp16, bf16")
 
 
 def resolve_caption_extension(args: argparse.Namespace) -> None:

@@ -68,6 +68,18 @@ def after_run(args: argparse.Namespace, image_root: str | Path, caption_extensio
     return lines
 
 
+def finish_run(summary, args: argparse.Namespace, image_root: str | Path, caption_extension: str,
+               multiline: bool = False) -> int:
+    """Print a run's summary, then (unless it was interrupted) its dataset config and bucket report; exit code."""
+    for line in summary.lines():
+        print(line)
+    if summary.interrupted:
+        return cli.EXIT_INTERRUPTED
+    for line in after_run(args, image_root, caption_extension, multiline):
+        print(line)
+    return cli.EXIT_OK
+
+
 def add_bucket_args(parser: argparse.ArgumentParser) -> None:
     """sd-scripts' dataset-level bucket keys as flags (None = the default for the resolution)."""
     group = parser.add_argument_group("buckets (as in the sd-scripts dataset config)")

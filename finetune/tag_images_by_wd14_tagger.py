@@ -2,7 +2,7 @@
 
 A drop-in for sd-scripts' finetune/tag_images_by_wd14_tagger.py: same flags, same files, its bugs fixed.
 Example:
-    python finetune/tag_images_by_wd14_tagger.py ./dataset --repo_id SmilingWolf/wd-swinv2-tagger-v3 \
+    python finetune/tag_images_by_wd14_tagger.py ./dataset --repo_id SmilingWolf/wd-swinv2-tagger-v3 \\
         --batch_size 8 --remove_underscore --thresh 0.35
 """
 
@@ -70,7 +70,6 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="'chara_(series)' becomes two tags: 'chara', 'series'")
     p.add_argument("--fast_decode", action="store_true",
                    help="decode large JPEGs at reduced scale (much faster; tags may differ slightly from the reference)")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     dataset_args.add_dataset_config_args(p)
     return p
 
@@ -108,13 +107,7 @@ def main(args: argparse.Namespace) -> int:
         print("Tag frequencies:")
         for tag, count in outcome.tag_frequency.most_common():
             print(f"{tag}: {count}")
-    for line in outcome.summary.lines():
-        print(line)
-    if outcome.summary.interrupted:
-        return cli.EXIT_INTERRUPTED
-    for line in dataset_args.after_run(args, args.train_data_dir, args.caption_extension):
-        print(line)
-    return cli.EXIT_OK
+    return dataset_args.finish_run(outcome.summary, args, args.train_data_dir, args.caption_extension)
 
 
 if __name__ == "__main__":

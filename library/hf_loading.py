@@ -34,7 +34,7 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
                else f"it could not be downloaded ({_first_line(exc)})")
         raise ModelNotAvailable(
             f"model {model_id!r} is not available: {why}. Download it where there is network "
-            f"(huggingface-cli download {model_id} --local-dir DIR) and pass the folder instead of the id") from None
+            f"(hf download {model_id} --local-dir DIR) and pass the folder instead of the id") from None
 
 
 def _first_line(exc: BaseException) -> str:
