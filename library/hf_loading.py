@@ -14,6 +14,15 @@ def is_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _validation_error() -> type[Exception]:
+    """huggingface_hub < 1.0 raises HFValidationError (not an OSError) for a path-like id that does not exist."""
+    try:
+        from huggingface_hub.errors import HFValidationError
+    except ImportError:
+        from huggingface_hub.utils import HFValidationError
+    return HFValidationError
+
+
 def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     """Call `loader(model_id, **kwargs)` (a from_pretrained) and explain failures in one line.
 
@@ -27,7 +36,7 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     source = str(local) if local.is_dir() else model_id
     try:
         return loader(source, **kwargs)
-    except OSError as exc:
+    except (OSError, _validation_error()) as exc:
         if local.is_dir():
             raise ModelNotAvailable(f"{local}: not a complete model folder ({_first_line(exc)})") from None
         why = ("offline mode (HF_HUB_OFFLINE) is on and it is not in the cache" if is_offline()

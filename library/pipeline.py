@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from .errors import FatalError
 from .image_io import ImageLoadError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ def run_batches(paths: Sequence[Path], loader: Callable, process_batch: Callable
     def flush() -> None:
         try:
             errors = list(process_batch(batch))
+        except FatalError:
+            raise  # the run cannot go on (bad key, broken model): not a per-image failure
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; the run goes on
             logger.exception("batch of %d images failed", len(batch))
             errors = [f"{exc.__class__.__name__}: {exc}"] * len(batch)
