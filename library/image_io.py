@@ -17,7 +17,7 @@ class ImageLoadError(Exception):
     """An image could not be read; the message is the reason shown to the user."""
 
 
-def _reason(exc: BaseException, path: Path) -> str:
+def failure_reason(exc: BaseException, path: Path) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return f"too large to open safely (decompression bomb protection): {exc}"
     if isinstance(exc, UnidentifiedImageError):
@@ -95,4 +95,4 @@ def open_image(path: str | os.PathLike, min_side: int | None = None) -> tuple[Im
     except PermissionError:
         raise ImageLoadError("permission denied") from None
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a per-image reason
-        raise ImageLoadError(_reason(exc, path)) from None
+        raise ImageLoadError(failure_reason(exc, path)) from None

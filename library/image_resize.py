@@ -6,7 +6,6 @@ import functools
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,8 +14,9 @@ from pathlib import Path
 from .buckets import BucketPlanner, BucketSettings
 from .discovery import discover_images, image_extensions
 from .errors import FatalError
-from .image_io import ImageLoadError, _reason
+from .image_io import ImageLoadError, failure_reason
 from .pipeline import LoadedItem, RunSummary, default_workers, run_batches
+from .sidecars import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -86,33 +86,11 @@ def _save_kwargs(fmt: str, info: dict, quality: int, exif: bytes | None) -> dict
 
 
 def _atomic_save(img, dest: Path, fmt: str, kwargs: dict) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(dest, lambda tmp: img.save(tmp, format=fmt, **kwargs))
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(dest, lambda tmp: shutil.copy2(src, tmp))
 
 
 def _resizable(img):
@@ -164,7 +142,7 @@ def resize_one(path: Path, options: ResizeOptions) -> tuple[str, tuple[int, int]
     except ImageLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - a per-image failure is data
-        raise ImageLoadError(_reason(exc, path)) from None
+        raise ImageLoadError(failure_reason(exc, path)) from None
 
 
 def _sidecars(images: list[Path]) -> dict[Path, list[Path]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
 def normalize_extension(extension: str) -> str:
@@ -47,16 +48,14 @@ class SidecarLayout:
         return self.path_for(image_path).is_file()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 text through a temporary file in the same folder and rename it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Let `write(tmp_path)` fill a temporary file beside `path`, then rename it into place (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -64,6 +63,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text through a temporary file in the same folder and rename it into place."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
 
 
 def write_caption(path: str | os.PathLike, caption: str) -> None:
