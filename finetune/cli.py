@@ -50,10 +50,7 @@ def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str,
     parser.add_argument("--batch_size", type=positive_int, default=1, help="images per inference batch (default 1)")
     parser.add_argument("--max_data_loader_n_workers", type=non_negative_int, default=None,
                         help="processes that decode images (default: one per CPU core, at most 16; 0 = none)")
-    parser.add_argument("--caption_extension", type=str, default=caption_extension,
-                        help=f"extension of the caption files, with or without the dot (default {caption_extension})")
-    parser.add_argument("--caption_extention", type=str, default=None,
-                        help="old misspelling of --caption_extension, still accepted")
+    add_caption_extension_args(parser, caption_extension)
     parser.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
     parser.add_argument("--debug", action="store_true", help="log every caption as it is written")
     parser.add_argument("--skip_existing", action="store_true",
@@ -68,6 +65,14 @@ def add_torch_args(parser: argparse.ArgumentParser) -> None:
     """--dtype for the transformers captioners."""
     parser.add_argument("--dtype", type=str, default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="model precision: auto (bf16/fp16 on a GPU, fp32 on CPU), fp32, fp16, bf16")
+
+
+def add_caption_extension_args(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    """--caption_extension and sd-scripts' old misspelling --caption_extention (see resolve_caption_extension)."""
+    parser.add_argument("--caption_extension", type=str, default=default,
+                        help=help or f"extension of the caption files, with or without the dot (default {default})")
+    parser.add_argument("--caption_extention", type=str, default=None,
+                        help="old misspelling of --caption_extension, still accepted")
 
 
 def resolve_caption_extension(args: argparse.Namespace) -> None:

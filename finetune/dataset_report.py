@@ -28,9 +28,8 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("train_data_dir", type=str, nargs="?", default=None, help="the captioned folder")
     p.add_argument("--dataset_config", type=str, default=None, metavar="PATH.toml",
                    help="report every dataset of this sd-scripts config instead of a folder")
-    p.add_argument("--caption_extension", type=str, default=None,
-                   help="extension of the caption files (default: .txt or .caption, whichever the folder has)")
-    p.add_argument("--caption_extention", type=str, default=None, help="old misspelling, still accepted")
+    cli.add_caption_extension_args(
+        p, None, "extension of the caption files (default: .txt or .caption, whichever the folder has)")
     p.add_argument("--recursive", action="store_true", help="include subfolders")
     p.add_argument("--caption_separator", type=str, default=",", help="tag separator for tag counts (default ',')")
     p.add_argument("--top_tags", type=cli.non_negative_int, default=20, help="most frequent tags to list (default 20)")

@@ -30,9 +30,8 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("train_data_dir", type=str, help="the captioned folder (the images' folder)")
     p.add_argument("--out", type=str, required=True, metavar="PATH.toml",
                    help="the config to write; an existing one gets subsets added, never replaced")
-    p.add_argument("--caption_extension", type=str, default=None,
-                   help="extension of the caption files (default: .txt or .caption, whichever the folder has)")
-    p.add_argument("--caption_extention", type=str, default=None, help="old misspelling, still accepted")
+    cli.add_caption_extension_args(
+        p, None, "extension of the caption files (default: .txt or .caption, whichever the folder has)")
     p.add_argument("--recursive", action="store_true", help="one subset per subfolder that has captioned images")
     p.add_argument("--caption_dir", type=str, default=None,
                    help="captions were written to this folder (--output_dir of a captioner): a metadata file is "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ BASE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".t
 OPTIONAL_EXTENSIONS = (".avif", ".jxl")
 
 
+@functools.lru_cache(maxsize=1)
 def _optional_extensions() -> tuple[str, ...]:
     """Extensions whose Pillow plugin is installed (pillow-avif-plugin, pillow-jxl-plugin, or Pillow's own)."""
     found = []

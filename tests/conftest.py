@@ -48,3 +48,11 @@ def run_script(script: Path, *args, cwd: Path, env: dict | None = None, timeout:
         full_env.update(env)
     return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def foreign_library(tmp_path: Path) -> Path:
+    """A folder holding a `library` package like sd-scripts' one, to put on PYTHONPATH: importing it fails."""
+    fake = tmp_path / "sd-scripts"
+    (fake / "library").mkdir(parents=True, exist_ok=True)
+    (fake / "library" / "__init__.py").write_text("raise ImportError('sd-scripts library imported')\n")
+    return fake

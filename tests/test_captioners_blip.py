@@ -14,7 +14,7 @@ from library.blip_captioner import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS
 from library.errors import FatalError
 from library.hf_models import GenerationSettings
 from library.processor_transform import ImageTransform
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, foreign_library, run_script
 from tests.fixtures.captioner_models import make_blip, make_blip2_opt, make_blip2_t5
 from tests.fixtures.hub_server import serve_repos
 from tests.fixtures.images import bad_images, real_photos
@@ -175,14 +175,6 @@ def test_prompt_conditions_the_caption_and_is_cut_from_it(models, photo_paths):
 
 # -------------------------------------------------------------------------------------- the script
 
-def _fake_sd_scripts_library(tmp_path):
-    """A `library` package like sd-scripts' on PYTHONPATH: the script must import its own instead."""
-    fake = tmp_path / "sd-scripts"
-    (fake / "library").mkdir(parents=True)
-    (fake / "library" / "__init__.py").write_text("raise ImportError('sd-scripts library imported')\n")
-    return fake
-
-
 def test_kohya_gui_command_line_downloads_blip_large_through_the_hub(models, tmp_path):
     """The GUI's exact argv (folder before --caption_weights, --batch_size 1.0), run from another cwd."""
     data = tmp_path / "data"
@@ -195,7 +187,7 @@ def test_kohya_gui_command_line_downloads_blip_large_through_the_hub(models, tmp
     with serve_repos({"Salesforce/blip-image-captioning-large": repo}) as hub:
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
                "HF_HUB_DISABLE_TELEMETRY": "1",
-               "PYTHONPATH": os.pathsep.join([str(_fake_sd_scripts_library(tmp_path)), str(tmp_path)])}
+               "PYTHONPATH": os.pathsep.join([str(foreign_library(tmp_path)), str(tmp_path)])}
         r = run_script(SCRIPT, "--batch_size", "1.0", "--num_beams", "1", "--top_p", "0.9", "--max_length", "75",
                        "--min_length", "5", "--beam_search", "--caption_extension", ".txt", data,
                        "--caption_weights", SD_SCRIPTS_CAPTION_WEIGHTS, cwd=cwd, env=env)

@@ -14,7 +14,7 @@ from PIL import Image
 from library.git_captioner import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words
 from library.hf_models import GenerationSettings
 from library.processor_transform import ImageTransform, center_crop
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, foreign_library, run_script
 from tests.fixtures.captioner_models import make_git
 from tests.fixtures.images import bad_images, real_photos
 
@@ -82,13 +82,6 @@ def test_batched_generation_equals_one_image_at_a_time(git_model, photo_paths, n
     assert len(lengths) >= 2  # rows stop at different steps: finished rows are padded, not cut
 
 
-def _fake_sd_scripts_library(tmp_path):
-    fake = tmp_path / "sd-scripts"
-    (fake / "library").mkdir(parents=True)
-    (fake / "library" / "__init__.py").write_text("raise ImportError('sd-scripts library imported')\n")
-    return fake
-
-
 def test_kohya_gui_command_line_with_workers_from_another_cwd(git_model, tmp_path):
     """The GUI's argv (gr.Number values as '1.0', '2.0', '75.0'), sd-scripts' library on PYTHONPATH."""
     data = tmp_path / "data"
@@ -96,7 +89,7 @@ def test_kohya_gui_command_line_with_workers_from_another_cwd(git_model, tmp_pat
     broken = bad_images(data)
     cwd = tmp_path / "sd-scripts-cwd"
     cwd.mkdir()
-    env = {"PYTHONPATH": str(_fake_sd_scripts_library(tmp_path)), "HF_HOME": str(tmp_path / "hf")}
+    env = {"PYTHONPATH": str(foreign_library(tmp_path)), "HF_HOME": str(tmp_path / "hf")}
     r = run_script(SCRIPT, "--model_id", git_model, "--batch_size", "2.0", "--max_data_loader_n_workers", "2.0",
                    "--max_length", "75.0", "--caption_extension", ".txt", data, cwd=cwd, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,7 +9,7 @@ import pytest
 
 from library.tag_processing import TagOptions
 from library.tagging import TaggerConfig, tag_images
-from tests.conftest import CL_TAGS, SCRIPT, WD_TAGS, run_script
+from tests.conftest import CL_TAGS, SCRIPT, WD_TAGS, foreign_library, run_script
 from tests.fixtures.images import awkward_images, bad_images, real_photos
 from tests.fixtures.wd_models import cl_reference_logits, reference_preprocess, wd_reference_probs
 
@@ -97,9 +97,7 @@ def test_bad_inputs_are_reported_and_the_run_finishes(tmp_path, model_dir):
 def test_gui_command_line_from_another_cwd_with_foreign_library(tmp_path, model_dir):
     d = tmp_path / "data"
     real_photos(d, n=2)
-    foreign = tmp_path / "sd-scripts"
-    (foreign / "library").mkdir(parents=True)
-    (foreign / "library" / "__init__.py").write_text("raise ImportError('foreign library imported')\n")
+    foreign = foreign_library(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     r = run_script(SCRIPT, "--batch_size", "1.0", "--caption_extension", ".txt", "--caption_separator", ", ",
