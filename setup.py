@@ -24,5 +24,6 @@ setup(
         "tensorflow": ["tensorflow-cpu>=2.15"],
         "ray": ["ray[data]>=2.9"],
         "quantization": ["bitsandbytes>=0.43"],
+        "fp16": ["onnx>=1.16"],  # the tagger's --fp16 model conversion
     },
 )

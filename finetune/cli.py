@@ -40,14 +40,19 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-ONNX_DEVICE_HELP = "auto (default), cpu, cuda, cuda:N, rocm, dml, coreml, openvino"
+ONNX_DEVICE_HELP = ("auto (default), cpu, cuda, cuda:N, tensorrt[:N] (engines cached beside the model), rocm, dml, "
+                    "coreml, openvino")
 TORCH_DEVICE_HELP = "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
 
 
 def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str,
-                        device_help: str = ONNX_DEVICE_HELP) -> None:
-    """Flags every captioning script shares (sd-scripts names first, captionkit additions after)."""
-    parser.add_argument("--batch_size", type=positive_int, default=1, help="images per inference batch (default 1)")
+                        device_help: str = ONNX_DEVICE_HELP, batch_help: str | None = None) -> None:
+    """Flags every captioning script shares (sd-scripts names first, captionkit additions after).
+
+    batch_help: given when the script sizes the batch itself if --batch_size is left out (its default is then None).
+    """
+    parser.add_argument("--batch_size", type=positive_int, default=None if batch_help else 1,
+                        help=batch_help or "images per inference batch (default 1)")
     parser.add_argument("--max_data_loader_n_workers", type=non_negative_int, default=None,
                         help="processes that decode images (default: one per CPU core, at most 16; 0 = none)")
     add_caption_extension_args(parser, caption_extension)

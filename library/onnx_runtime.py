@@ -6,10 +6,15 @@ import ctypes
 import logging
 import os
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from .errors import FatalError
 
 logger = logging.getLogger(__name__)
+
+TENSORRT_CACHE = "tensorrt_cache"  # folder beside the model for TensorRT engines
 
 # preference order when --device auto
 PROVIDER_ORDER = (
@@ -67,8 +72,14 @@ def parse_device(device: str | None) -> tuple[str, int]:
         raise ProviderError(f"--device {device!r}: the part after ':' must be a device number") from None
 
 
-def choose_providers(device: str | None, available: list[str]) -> list:
-    """Provider list for InferenceSession: the requested one (or the best present one) then CPU."""
+def choose_providers(device: str | None, available: list[str], cache_dir: str | os.PathLike | None = None,
+                     fp16: bool = False) -> list:
+    """Provider list for InferenceSession: the requested one (or the best present one) then CPU.
+
+    Args:
+        cache_dir: where TensorRT keeps its engine and timing caches (built once, reused by later runs).
+        fp16: let TensorRT build float16 engines.
+    """
     kind, index = parse_device(device)
     if kind == "auto":
         chosen = []
@@ -80,21 +91,37 @@ def choose_providers(device: str | None, available: list[str]) -> list:
             if name == "OpenVINOExecutionProvider":
                 continue  # OpenVINO's CPU path brings no gain over ORT's own; ask for it with --device openvino
             chosen.append(name)
-        return _with_options(chosen or ["CPUExecutionProvider"], 0)
+        return _with_options(chosen or ["CPUExecutionProvider"], 0, cache_dir, fp16)
     provider = DEVICE_PROVIDERS[kind]
     if provider not in available:
         raise ProviderError(
             f"--device {kind}: ONNX Runtime here has no {provider} (available: {', '.join(available)}). "
             + ("Install onnxruntime-gpu matching your CUDA version, or use --device cpu."
                if kind in ("cuda", "tensorrt") else "Install the ONNX Runtime build for that device, or use --device cpu."))
-    return _with_options([provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider], index)
+    names = [provider]
+    if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available:
+        names.append("CUDAExecutionProvider")  # nodes TensorRT cannot take run on CUDA, not on the CPU
+    if provider != "CPUExecutionProvider":
+        names.append("CPUExecutionProvider")
+    return _with_options(names, index, cache_dir, fp16)
 
 
-def _with_options(names: list[str], index: int) -> list:
+def tensorrt_options(index: int, cache_dir: str | os.PathLike | None, fp16: bool) -> dict:
+    """TensorRT provider options: engines and timing caches kept on disk, so only the first run builds them."""
+    options = {"device_id": index, "trt_fp16_enable": bool(fp16)}
+    if cache_dir is not None:
+        cache = str(Path(cache_dir))
+        options.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache,
+                       trt_timing_cache_enable=True, trt_timing_cache_path=cache)
+    return options
+
+
+def _with_options(names: list[str], index: int, cache_dir=None, fp16: bool = False) -> list:
     out = []
     for name in names:
-        if name in ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider",
-                    "TensorrtExecutionProvider"):
+        if name == "TensorrtExecutionProvider":
+            out.append((name, tensorrt_options(index, cache_dir, fp16)))
+        elif name in ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider"):
             out.append((name, {"device_id": index}))
         else:
             out.append(name)
@@ -105,17 +132,22 @@ def _name(provider) -> str:
     return provider[0] if isinstance(provider, tuple) else provider
 
 
-def create_session(model_path: str | os.PathLike, device: str | None = "auto"):
+def create_session(model_path: str | os.PathLike, device: str | None = "auto", fp16: bool = False):
     """An InferenceSession on the best or requested device; warns loudly when a GPU was wanted but CPU runs.
 
     Args:
         model_path: the .onnx file.
         device: auto, cpu, cuda[:N], rocm[:N], dml[:N], coreml, openvino, tensorrt[:N].
+        fp16: TensorRT builds float16 engines (other providers run the model as it is).
     """
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    providers = choose_providers(device, available)
+    providers = choose_providers(device, available, Path(model_path).parent / TENSORRT_CACHE, fp16)
+    if any(_name(p) == "TensorrtExecutionProvider" for p in providers):
+        (Path(model_path).parent / TENSORRT_CACHE).mkdir(exist_ok=True)
+        logger.info("TensorRT: the first run builds an engine for each batch shape (minutes); later runs load it "
+                    "from %s", Path(model_path).parent / TENSORRT_CACHE)
     wanted_gpu = [_name(p) for p in providers if _name(p) != "CPUExecutionProvider"]
     if "CUDAExecutionProvider" in wanted_gpu and hasattr(ort, "preload_dlls"):
         try:  # load CUDA/cuDNN from the nvidia-* pip packages (those torch installs) when they match
@@ -140,15 +172,30 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto"):
 
 
 class OnnxRunner:
-    """A session plus its input name and shape (None for symbolic dimensions); `run` returns the first output."""
+    """A session plus its input name and shape (None for symbolic dimensions); `run` returns the first output.
 
-    def __init__(self, model_path: str | os.PathLike, device: str | None = "auto"):
-        self.session = create_session(model_path, device)
+    On a GPU provider the batch goes through IO binding: the input is copied to the device once and only the
+    first output comes back, instead of every output the graph declares.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: str | None = "auto", fp16: bool = False,
+                 io_binding: bool | None = None):
+        self.session = create_session(model_path, device, fp16)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
-        out = self.session.get_outputs()[0].shape
-        self.output_size = out[-1] if out and isinstance(out[-1], int) else None
+        output = self.session.get_outputs()[0]
+        self.output_name = output.name
+        self.output_size = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) else None
+        self.provider = self.session.get_providers()[0]
+        self.on_gpu = self.provider != "CPUExecutionProvider"
+        self.io_binding = self.on_gpu if io_binding is None else io_binding
 
-    def run(self, x):
-        return self.session.run(None, {self.input_name: x})[0]
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if not self.io_binding:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(x))
+        binding.bind_output(self.output_name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]

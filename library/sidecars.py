@@ -48,6 +48,23 @@ class SidecarLayout:
         return self.path_for(image_path).is_file()
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()  # read once: os.umask is process-wide, so reading it later could race other threads
+
+
+def _final_mode(path: Path) -> int:
+    """The permissions a plain open() would give: the replaced file's, else 0o666 less the umask (mkstemp uses 0o600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Let `write(tmp_path)` fill a temporary file beside `path`, then rename it into place (never half-written)."""
     path = Path(path)
@@ -56,6 +73,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .batch_sizing import free_gpu_memory, tagger_batch_size
 from .discovery import discover_images
 from .errors import FatalError
 from .metadata_output import MetadataWriter
+from .onnx_runtime import parse_device
 from .pipeline import LoadedItem, RunSummary, default_workers, run_batches
 from .preprocess import SquareImageLoader
 from .sidecars import SidecarLayout, read_caption, shared_sidecars, split_caption, write_caption
@@ -32,7 +34,8 @@ class TaggerConfig:
     device: str = "auto"
     backend: str = "auto"
     fast_decode: bool = False
-    batch_size: int = 1
+    fp16: bool = False
+    batch_size: int | None = None  # None: sized to the device (library.batch_sizing)
     workers: int | None = None
     recursive: bool = False
     caption_extension: str = ".txt"
@@ -70,6 +73,18 @@ def _log_debug(path: Path, result: TagResult, separator: str) -> None:
         logger.info("\tOther tags: %s", separator.join(other))
 
 
+def auto_batch_size(tagger: WDTagger, device: str | None) -> int:
+    """The batch size when --batch_size is not given: sized to the GPU's free memory, or the CPU default."""
+    if tagger.fixed_batch:
+        return tagger.fixed_batch
+    free = free_gpu_memory(parse_device(device)[1]) if tagger.on_gpu else None
+    size = tagger_batch_size(tagger.on_gpu, tagger.image_size, free, tagger.fp16)
+    where = (f"{free / 1024 ** 3:.1f} GiB free on the GPU" if free is not None
+             else "GPU memory unknown" if tagger.on_gpu else "CPU")
+    logger.info("batch size %d (%s; --batch_size sets it)", size, where)
+    return size
+
+
 def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
     """Run the tagger over cfg.train_data_dir and return the summary and tag frequencies."""
     images = discover_images(cfg.train_data_dir, cfg.recursive)
@@ -94,9 +109,9 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
     if not images:
         return TaggerOutcome(summary, freq)
 
-    tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device, cfg.backend)
+    tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device, cfg.backend, cfg.fp16)
     selector = TagSelector(tagger.labels, cfg.tag_options)
-    batch_size = cfg.batch_size
+    batch_size = cfg.batch_size or auto_batch_size(tagger, cfg.device)
     if tagger.fixed_batch and tagger.fixed_batch != batch_size:
         logger.warning("the model has a fixed batch size of %d: using it instead of --batch_size %d",
                        tagger.fixed_batch, batch_size)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import FatalError
 from .model_files import ModelLocation, ModelNotAvailable, download_files, locate_model, missing_files
+from .onnx_fp16 import float16_model
 from .onnx_runtime import OnnxRunner
 from .preprocess import cl_input, wd_input
 from .tag_labels import TagLabels, load_selected_tags_csv, load_tag_mapping_json
@@ -91,17 +93,25 @@ def _download_first_available(location: ModelLocation, names, force: bool) -> st
 class WDTagger:
     """A loaded tagger: input size and fixed batch read from the model, `predict` returns probabilities."""
 
-    def __init__(self, files: TaggerFiles, device: str | None = "auto"):
+    def __init__(self, files: TaggerFiles, device: str | None = "auto", fp16: bool = False):
         self.files = files
+        self.fp16 = fp16
         self.layout = files.layout
         self.labels: TagLabels = (load_tag_mapping_json(files.labels) if self.layout == "cl"
                                   else load_selected_tags_csv(files.labels))
         if files.backend == "tensorflow":
+            if fp16:
+                raise FatalError("--fp16 needs an ONNX model; this one is a TensorFlow SavedModel "
+                                 "(run without --fp16, or with --backend onnx)")
             from .tf_backend import SavedModelRunner
 
             self.runner = SavedModelRunner(files.model)
         else:
-            self.runner = OnnxRunner(files.model, device)
+            self.runner = OnnxRunner(float16_model(files.model) if fp16 else files.model, device, fp16=fp16)
+        self.on_gpu = bool(getattr(self.runner, "on_gpu", False))
+        # TensorRT builds one engine per input shape: keep every batch the shape of the first one
+        self.pad_batches = getattr(self.runner, "provider", "") == "TensorrtExecutionProvider"
+        self._largest_batch = 0
         shape = self.runner.input_shape
         if len(shape) != 4:
             raise ModelNotAvailable(f"{files.model}: expected a 4-D image input, got shape {shape}")
@@ -115,12 +125,12 @@ class WDTagger:
 
     @classmethod
     def from_repo(cls, repo_id: str, model_dir: str, force_download: bool = False,
-                  device: str | None = "auto", backend: str = "auto") -> "WDTagger":
+                  device: str | None = "auto", backend: str = "auto", fp16: bool = False) -> "WDTagger":
         """Locate (and download if needed) the model named by --repo_id/--model_dir, then load it."""
         files = ensure_tagger_files(locate_model(repo_id, model_dir), force_download, backend)
         try:
-            return cls(files, device)
-        except ModelNotAvailable:
+            return cls(files, device, fp16)
+        except FatalError:
             raise
         except Exception as exc:  # a damaged or truncated .onnx file
             if "onnxruntime" in type(exc).__module__ or "protobuf" in str(exc).lower():
@@ -135,6 +145,9 @@ class WDTagger:
         if self.fixed_batch and n != self.fixed_batch:
             outs = [self._run_fixed(x[i:i + self.fixed_batch]) for i in range(0, n, self.fixed_batch)]
             probs = np.concatenate(outs, axis=0)[:n]
+        elif self.pad_batches:
+            self._largest_batch = max(self._largest_batch, n)
+            probs = self._run_padded(x, self._largest_batch)
         else:
             probs = self.runner.run(x)
         probs = np.asarray(probs, dtype=np.float32).reshape(n, -1)
@@ -143,8 +156,11 @@ class WDTagger:
         return probs
 
     def _run_fixed(self, x: np.ndarray) -> np.ndarray:
+        return self._run_padded(x, self.fixed_batch)
+
+    def _run_padded(self, x: np.ndarray, batch: int) -> np.ndarray:
         real = x.shape[0]
-        if real < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - real,) + x.shape[1:], dtype=x.dtype)
+        if real < batch:
+            pad = np.zeros((batch - real,) + x.shape[1:], dtype=x.dtype)
             x = np.concatenate([x, pad], axis=0)
         return self.runner.run(x)[:real]

@@ -78,6 +78,25 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.txt"]  # no temp file left behind
 
 
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        import importlib
+
+        import library.sidecars as sidecars
+        importlib.reload(sidecars)  # the umask is read once at import
+        new = tmp_path / "new.txt"
+        sidecars.atomic_write_text(new, "x\n")
+        assert new.stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0o600
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old\n")
+        kept.chmod(0o664)
+        sidecars.atomic_write_text(kept, "new\n")
+        assert kept.stat().st_mode & 0o777 == 0o664  # a replaced file keeps its permissions
+    finally:
+        os.umask(old_umask)
+
+
 def test_split_caption():
     assert split_caption("a, b ,c\n", ", ") == ["a", "b", "c"]
     assert split_caption("a b  c", " ") == ["a", "b", "c"]
