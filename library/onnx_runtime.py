@@ -157,6 +157,8 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto", f
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # idle ONNX Runtime threads would spin between batches, taking CPU from the decode workers
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     active = session.get_providers()
     if wanted_gpu and wanted_gpu[0] not in active:
