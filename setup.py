@@ -17,12 +17,12 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["library", "library.*", "finetune"]),
-    package_data={"library": ["data/*.json"]},
+    package_data={"library": ["data/*.json", "data/*.html", "data/*.js"]},
     python_requires=">=3.10",
     install_requires=requirements,
     extras_require={
         "tensorflow": ["tensorflow-cpu>=2.15"],
-        "ray": ["ray[data]>=2.9"],
+        "ray": ["ray[data]>=2.10"],  # override_num_blocks (library.ray_runner) arrived in 2.10; tested with 2.60
         "quantization": ["bitsandbytes>=0.43"],
         "fp16": ["onnx>=1.16"],  # the tagger's --fp16 model conversion
     },

@@ -30,6 +30,9 @@ def add_dataset_config_args(parser: argparse.ArgumentParser) -> None:
                             "images; train with --dataset_config PATH.toml")
     group.add_argument("--bucket_report", action="store_true",
                        help="after the run, print images per bucket, upscaled images, caption lengths and top tags")
+    group.add_argument("--report", type=str, default=None, metavar="PATH.html",
+                       help="after the run, write a review page: every image beside its caption, tag frequencies, "
+                            "buckets, images without a caption and the failures (open it in a browser)")
 
 
 def after_run(args: argparse.Namespace, image_root: str | Path, caption_extension: str,
@@ -77,7 +80,22 @@ def finish_run(summary, args: argparse.Namespace, image_root: str | Path, captio
         return cli.EXIT_INTERRUPTED
     for line in after_run(args, image_root, caption_extension, multiline):
         print(line)
+    if getattr(args, "report", None):
+        for line in write_run_report(summary, args, image_root, caption_extension):
+            print(line)
     return cli.EXIT_OK
+
+
+def write_run_report(summary, args: argparse.Namespace, image_root: str | Path, caption_extension: str) -> list[str]:
+    """Write the --report page of a finished run (its failures included); returns lines to print."""
+    from library.caption_report import ReportOptions, write_report
+
+    options = ReportOptions(caption_extension, recursive=getattr(args, "recursive", False),
+                            output_dir=getattr(args, "output_dir", None),
+                            separator=getattr(args, "caption_separator", None) or ", ",
+                            metadata_path=getattr(args, "output_path", None),
+                            progress=not getattr(args, "no_progress", False))
+    return write_report(image_root, args.report, options, summary.failures).lines()
 
 
 def add_bucket_args(parser: argparse.ArgumentParser) -> None:
