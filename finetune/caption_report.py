@@ -26,11 +26,7 @@ from library.errors import FatalError  # noqa: E402
 DEFAULT_PORT = 8765
 
 
-def port_arg(text: str) -> int:
-    value = cli.lenient_int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text!r}")
-    return value
+port_arg = cli.int_in_range(0, 65535, "port")
 
 
 def setup_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,18 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def int_in_range(low: int, high: int, what: str):
+    """An argparse type: a lenient int between low and high inclusive, e.g. int_in_range(1, 100, "quality")."""
+
+    def parse(text: str) -> int:
+        value = lenient_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {text!r}")
+        return value
+
+    return parse
+
+
 ONNX_DEVICE_HELP = ("auto (default), cpu, cuda, cuda:N, tensorrt[:N] (engines cached beside the model), rocm, dml, "
                     "coreml, openvino")
 TORCH_DEVICE_HELP = "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
@@ -78,6 +90,43 @@ def add_caption_extension_args(parser: argparse.ArgumentParser, default: str | N
                         help=help or f"extension of the caption files, with or without the dot (default {default})")
     parser.add_argument("--caption_extention", type=str, default=None,
                         help="old misspelling of --caption_extension, still accepted")
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    """--ray and its options (Ray Data across GPUs and machines; docs/ray.md): call once in setup_parser()."""
+    g = parser.add_argument_group("Ray cluster (pip install \"ray[data]\"; see docs/ray.md)")
+    g.add_argument("--ray", action="store_true",
+                   help="run on Ray Data: one model per GPU, on this machine or a cluster. The input may also be "
+                        "a WebDataset .tar shard, a folder of shards, or a .parquet table of image paths (and bytes)")
+    g.add_argument("--ray_address", type=str, default=None,
+                   help="cluster to join: 'auto' (the one `ray start` runs here), host:port, ray://host:10001 "
+                        "(default: join a local cluster or start one)")
+    g.add_argument("--ray_actors", type=positive_int, default=None,
+                   help="model copies (default: one per GPU of the cluster; one without GPUs)")
+    g.add_argument("--ray_gpus_per_actor", type=float, default=None,
+                   help="GPUs per model copy, e.g. 0.5 for two small models per GPU (default 1 when there are GPUs)")
+    g.add_argument("--ray_cpus_per_actor", type=float, default=1.0, help="CPUs reserved per model copy (default 1)")
+    g.add_argument("--ray_output", type=str, default=None, metavar="PATH",
+                   help="write results to PATH.parquet, PATH.jsonl or a folder of per-shard parquet files (image "
+                        "path, caption, image size, scores, error) instead of caption files; needed for tar and "
+                        "parquet-bytes inputs")
+
+
+def ray_options(args: argparse.Namespace):
+    """The RayOptions of --ray (None without it); checks that Ray is installed before any work starts."""
+    from pathlib import Path
+
+    from library.ray_runner import RayOptions, require_ray
+
+    if not getattr(args, "ray", False):
+        if getattr(args, "ray_output", None):
+            raise FatalError("--ray_output needs --ray")
+        return None
+    require_ray()
+    if args.ray_output and any(getattr(args, f, None) for f in ("dataset_config", "bucket_report", "report")):
+        raise FatalError("--dataset_config, --bucket_report and --report need caption files: leave --ray_output out")
+    return RayOptions(address=args.ray_address, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
+                      cpus_per_actor=args.ray_cpus_per_actor, output=Path(args.ray_output) if args.ray_output else None)
 
 
 def resolve_caption_extension(args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ from library import joycaption_prompts as jp  # noqa: E402
 from library.caption_jobs import Sampling  # noqa: E402
 from library.dual_captioning import MODES, CaptionTask, DualCaptionConfig, run_dual_caption  # noqa: E402
 from library.errors import FatalError  # noqa: E402
+from library.ray_jobs import dual_caption_ray  # noqa: E402
 
 logger = logging.getLogger("captionkit")
 DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption_local.DEFAULT_MODEL
@@ -103,6 +104,7 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log every caption")
     _flag(p, "--no-progress", action="store_true", help="hide the progress bar")
     dataset_args.add_dataset_config_args(p)
+    cli.add_ray_args(p)
     return p
 
 
@@ -149,7 +151,9 @@ def main(args: argparse.Namespace) -> int:
         sampling=Sampling(do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, seed=args.seed),
         max_retries=args.max_retries, debug=args.debug, progress=not args.no_progress)
-    outcome = run_dual_caption(cfg, backend_factory(args))
+    ray = cli.ray_options(args)
+    outcome = (dual_caption_ray(cfg, backend_factory(args), ray, uses_gpu=not args.api_base and args.device != "cpu")
+               if ray else run_dual_caption(cfg, backend_factory(args)))
     if outcome.warnings:
         print(f"{len(outcome.warnings)} captions hit the token limit and were written anyway")
     return dataset_args.finish_run(outcome.summary, args, args.image_path, args.caption_extension,

@@ -24,6 +24,7 @@ from library.blip_captioner import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS
                                     resolve_model_id)
 from library.captioning import CaptionRunConfig, caption_images  # noqa: E402
 from library.hf_models import GenerationSettings  # noqa: E402
+from library.ray_jobs import caption_images_ray  # noqa: E402
 from library.torch_device import seed_everything  # noqa: E402
 
 
@@ -62,6 +63,7 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=cli.positive_int, default=None,
                    help="maximum new tokens (overrides --max_length), e.g. 40 as kohya_ss' BLIP-2 tab")
     dataset_args.add_dataset_config_args(p)
+    cli.add_ray_args(p)
     return p
 
 
@@ -92,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
         seed_everything(args.seed)  # after loading, so the same seed gives the same captions
         return captioner
 
-    summary = caption_images(make_captioner, cfg)
+    ray = cli.ray_options(args)
+    summary = caption_images_ray(make_captioner, cfg, ray, args.device) if ray else caption_images(make_captioner, cfg)
     return dataset_args.finish_run(summary, args, args.train_data_dir, args.caption_extension)
 
 

@@ -21,6 +21,7 @@ from finetune import cli, dataset_args  # noqa: E402
 from library.captioning import CaptionRunConfig, caption_images  # noqa: E402
 from library.git_captioner import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words  # noqa: E402
 from library.hf_models import GenerationSettings  # noqa: E402
+from library.ray_jobs import caption_images_ray  # noqa: E402
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="beam search with this many beams (default 1 = greedy, as sd-scripts)")
     p.add_argument("--pin_memory", action="store_true", help="accepted for compatibility; has no effect")
     dataset_args.add_dataset_config_args(p)
+    cli.add_ray_args(p)
     return p
 
 
@@ -50,7 +52,9 @@ def main(args: argparse.Namespace) -> int:
         output_dir=Path(args.output_dir) if args.output_dir else None, recursive=args.recursive,
         skip_existing=args.skip_existing, batch_size=args.batch_size, workers=args.max_data_loader_n_workers,
         debug=args.debug, progress=not args.no_progress, postprocess=remove_words if args.remove_words else None)
-    summary = caption_images(lambda: GitCaptioner(args.model_id, settings, device=args.device, dtype=args.dtype), cfg)
+    make = lambda: GitCaptioner(args.model_id, settings, device=args.device, dtype=args.dtype)  # noqa: E731
+    ray = cli.ray_options(args)
+    summary = caption_images_ray(make, cfg, ray, args.device) if ray else caption_images(make, cfg)
     return dataset_args.finish_run(summary, args, args.train_data_dir, args.caption_extension)
 
 

@@ -23,11 +23,7 @@ from library.errors import FatalError  # noqa: E402
 from library.image_resize import resize_images  # noqa: E402
 
 
-def quality_arg(text: str) -> int:
-    value = cli.lenient_int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"quality must be 1..100, got {text!r}")
-    return value
+quality_arg = cli.int_in_range(1, 100, "quality")
 
 
 def setup_parser() -> argparse.ArgumentParser:

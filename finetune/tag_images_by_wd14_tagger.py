@@ -20,6 +20,7 @@ from pathlib import Path  # noqa: E402
 
 from finetune import cli, dataset_args  # noqa: E402
 from library.errors import FatalError  # noqa: E402
+from library.ray_jobs import tag_images_ray  # noqa: E402
 from library.tag_processing import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement  # noqa: E402
 from library.tagging import TaggerConfig, tag_images  # noqa: E402
 from library.wd_tagger import DEFAULT_REPO_ID  # noqa: E402
@@ -75,6 +76,7 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast_decode", action="store_true",
                    help="decode large JPEGs at reduced scale (much faster; tags may differ slightly from the reference)")
     dataset_args.add_dataset_config_args(p)
+    cli.add_ray_args(p)
     return p
 
 
@@ -106,7 +108,8 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    outcome = tag_images(build_config(args))
+    cfg, ray = build_config(args), cli.ray_options(args)
+    outcome = tag_images_ray(cfg, ray) if ray else tag_images(cfg)
     if args.frequency_tags:
         print("Tag frequencies:")
         for tag, count in outcome.tag_frequency.most_common():

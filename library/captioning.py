@@ -96,6 +96,25 @@ def generate_with_fallback(captioner: Captioner, payloads: Sequence[Any]) -> lis
     return results
 
 
+def caption_batch(captioner: Captioner, batch: Sequence[LoadedItem],
+                  postprocess: Callable[[str], str] | None = None) -> list[tuple[str | None, str | None]]:
+    """(caption, None) or (None, error) per loaded image: generate (OOM fallback), postprocess, tidy, no empties.
+
+    The single-machine run and the Ray actors (library.ray_jobs) both caption through it.
+    """
+    captions = generate_with_fallback(captioner, [item.data for item in batch])
+    if len(captions) != len(batch):
+        raise RuntimeError(f"the model returned {len(captions)} captions for {len(batch)} images")
+    out: list[tuple[str | None, str | None]] = []
+    for caption in captions:
+        if isinstance(caption, BaseException):
+            out.append((None, f"{caption.__class__.__name__}: {caption}"))
+            continue
+        caption = clean_caption(postprocess(caption) if postprocess is not None else caption)
+        out.append((caption, None) if caption else (None, "the model produced an empty caption"))
+    return out
+
+
 def caption_images(make_captioner: Callable[[], Captioner], cfg: CaptionRunConfig,
                    verb: str = "captioned") -> RunSummary:
     """Caption every image of cfg.train_data_dir and write one sidecar per image.
@@ -127,19 +146,10 @@ def caption_images(make_captioner: Callable[[], Captioner], cfg: CaptionRunConfi
     captioner = make_captioner()
 
     def process(batch: list[LoadedItem]) -> list[str | None]:
-        captions = generate_with_fallback(captioner, [item.data for item in batch])
-        if len(captions) != len(batch):
-            raise RuntimeError(f"the model returned {len(captions)} captions for {len(batch)} images")
         errors: list[str | None] = []
-        for item, caption in zip(batch, captions):
-            if isinstance(caption, BaseException):
-                errors.append(f"{caption.__class__.__name__}: {caption}")
-                continue
-            if cfg.postprocess is not None:
-                caption = cfg.postprocess(caption)
-            caption = clean_caption(caption)
-            if not caption:
-                errors.append("the model produced an empty caption")
+        for item, (caption, error) in zip(batch, caption_batch(captioner, batch, cfg.postprocess)):
+            if error:
+                errors.append(error)
                 continue
             target = layout.path_for(item.path)
             try:

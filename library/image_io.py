@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -22,7 +23,8 @@ def failure_reason(exc: BaseException, path: Path) -> str:
         return f"too large to open safely (decompression bomb protection): {exc}"
     if isinstance(exc, UnidentifiedImageError):
         try:
-            if os.path.getsize(path) == 0:
+            size = path.getbuffer().nbytes if isinstance(path, io.BytesIO) else os.path.getsize(path)
+            if size == 0:
                 return "empty file (0 bytes)"
         except OSError:
             pass
@@ -63,8 +65,9 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
     return canvas.convert("RGB")
 
 
-def open_image(path: str | os.PathLike, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode the first frame of `path` as RGB on white.
+def open_image(path: str | os.PathLike | io.BytesIO,
+               min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode the first frame of `path` (a file, or an io.BytesIO of its bytes) as RGB on white.
 
     Args:
         min_side: when given, JPEGs are decoded at a reduced scale (DCT scaling) whose longest side is still
@@ -75,7 +78,7 @@ def open_image(path: str | os.PathLike, min_side: int | None = None) -> tuple[Im
     Raises:
         ImageLoadError: with a one-line reason, for empty, truncated, non-image or oversized files.
     """
-    path = Path(path)
+    path = path if isinstance(path, io.BytesIO) else Path(path)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():

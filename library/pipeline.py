@@ -70,7 +70,8 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and shuts workers down
 
 
-def _load_one(loader: Callable, path: Path) -> LoadedItem:
+def load_one(loader: Callable, path) -> LoadedItem:
+    """Run `loader` on one image (a path, or an io.BytesIO of its bytes); a failure becomes the item's error."""
     try:
         data, size = loader(path)
         return LoadedItem(path, data, size)
@@ -81,7 +82,7 @@ def _load_one(loader: Callable, path: Path) -> LoadedItem:
 
 
 def _load_chunk(loader: Callable, paths: Sequence[Path]) -> list[LoadedItem]:
-    return [_load_one(loader, p) for p in paths]
+    return [load_one(loader, p) for p in paths]
 
 
 def iter_loaded(paths: Sequence[Path], loader: Callable, workers: int,
@@ -96,7 +97,7 @@ def iter_loaded(paths: Sequence[Path], loader: Callable, workers: int,
     """
     if workers <= 0:
         for p in paths:
-            yield _load_one(loader, p)
+            yield load_one(loader, p)
         return
     chunks = [list(paths[i:i + CHUNK_SIZE]) for i in range(0, len(paths), CHUNK_SIZE)]
     window = prefetch or workers * 4

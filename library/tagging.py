@@ -85,6 +85,41 @@ def auto_batch_size(tagger: WDTagger, device: str | None) -> int:
     return size
 
 
+class BatchTagger:
+    """A loaded tagger with the run's tag rules: a batch of decoded images -> (caption, TagResult) per image.
+
+    The single-machine run and the Ray actors (library.ray_jobs) both tag through it, so they write the same captions.
+    """
+
+    def __init__(self, cfg: TaggerConfig, layout: SidecarLayout):
+        self.cfg, self.layout = cfg, layout
+        self.tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device, cfg.backend,
+                                         cfg.fp16)
+        self.selector = TagSelector(self.tagger.labels, cfg.tag_options)
+        self.batch_size = cfg.batch_size or auto_batch_size(self.tagger, cfg.device)
+        if self.tagger.fixed_batch and self.tagger.fixed_batch != self.batch_size:
+            logger.warning("the model has a fixed batch size of %d: using it instead of --batch_size %d",
+                           self.tagger.fixed_batch, self.batch_size)
+            self.batch_size = self.tagger.fixed_batch
+        self.loader = SquareImageLoader(self.tagger.image_size, cfg.fast_decode)
+
+    def tag(self, batch: list[LoadedItem]) -> list[tuple[str, TagResult]]:
+        """Caption text (with --append_tags merged in) and the tag result of each loaded image, in order."""
+        probs = self.tagger.predict(np.stack([item.data for item in batch]))
+        sep = self.cfg.tag_options.caption_separator
+        out = []
+        for item, p in zip(batch, probs):
+            result = self.selector.select(p)
+            tags = result.tags
+            if self.cfg.append_tags:
+                existing = read_caption(self.layout.path_for(item.path))
+                if existing is None and self.cfg.output_dir is not None:
+                    existing = read_caption(item.path.with_name(item.path.stem + self.layout.extension))
+                tags = _merge_existing(tags, existing, sep)
+            out.append((sep.join(tags), result))
+        return out
+
+
 def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
     """Run the tagger over cfg.train_data_dir and return the summary and tag frequencies."""
     images = discover_images(cfg.train_data_dir, cfg.recursive)
@@ -109,28 +144,13 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
     if not images:
         return TaggerOutcome(summary, freq)
 
-    tagger = WDTagger.from_repo(cfg.repo_id, cfg.model_dir, cfg.force_download, cfg.device, cfg.backend, cfg.fp16)
-    selector = TagSelector(tagger.labels, cfg.tag_options)
-    batch_size = cfg.batch_size or auto_batch_size(tagger, cfg.device)
-    if tagger.fixed_batch and tagger.fixed_batch != batch_size:
-        logger.warning("the model has a fixed batch size of %d: using it instead of --batch_size %d",
-                       tagger.fixed_batch, batch_size)
-        batch_size = tagger.fixed_batch
+    batcher = BatchTagger(cfg, layout)
     sep = cfg.tag_options.caption_separator
 
     def process(batch: list[LoadedItem]) -> list[str | None]:
-        probs = tagger.predict(np.stack([item.data for item in batch]))
         errors: list[str | None] = []
-        for item, p in zip(batch, probs):
-            result = selector.select(p)
-            tags = result.tags
+        for item, (caption, result) in zip(batch, batcher.tag(batch)):
             target = layout.path_for(item.path)
-            if cfg.append_tags:
-                existing = read_caption(target)
-                if existing is None and cfg.output_dir is not None:
-                    existing = read_caption(item.path.with_name(item.path.stem + layout.extension))
-                tags = _merge_existing(tags, existing, sep)
-            caption = sep.join(tags)
             try:
                 if metadata is not None:
                     metadata.add(item.path, caption, item.size, result.scores)
@@ -147,7 +167,7 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
 
     workers = default_workers() if cfg.workers is None else cfg.workers
     try:
-        run_batches(images, SquareImageLoader(tagger.image_size, cfg.fast_decode), process, batch_size=batch_size, workers=workers,
+        run_batches(images, batcher.loader, process, batch_size=batcher.batch_size, workers=workers,
                     summary=summary, desc="tagging", progress=cfg.progress)
     finally:
         if metadata is not None:
