@@ -28,6 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from library.runtime import limit_openmp_spinning  # noqa: E402
+
+limit_openmp_spinning()  # as the scripts do, before torch is imported
+
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -8,7 +8,7 @@ import sys
 from typing import Callable
 
 from library.errors import FatalError
-from library.runtime import is_main_process, process_rank, setup_logging
+from library.runtime import is_main_process, limit_openmp_spinning, process_rank, setup_logging
 
 logger = logging.getLogger("captionkit")
 
@@ -141,6 +141,7 @@ def run_script(main: Callable[[argparse.Namespace], int], parser: argparse.Argum
     Fatal errors print one line 'error: ...' and give exit code 1; Ctrl-C gives 130.
     """
     args = parser.parse_args(argv)
+    limit_openmp_spinning()  # before any model library loads OpenMP
     setup_logging(getattr(args, "debug", False))
     if not is_main_process():
         logger.info("process rank %d: only rank 0 writes captions; nothing to do here", process_rank())

@@ -153,3 +153,33 @@ def test_ctrl_c_stops_cleanly_without_half_written_files(tmp_path, model_dir):
     assert not [p for p in data.iterdir() if p.name.startswith(".")]  # no temp files
     for p in written:
         assert p.read_text().endswith("\n")
+
+
+def test_openmp_spinning_is_limited_before_torch_loads():
+    code = ("import os, sys\n"
+            "{pre}\n"
+            "from library.runtime import limit_openmp_spinning\n"
+            "print(limit_openmp_spinning(), os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+
+    def run(pre: str, **extra) -> str:
+        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], cwd=ROOT, env={**env, **extra},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run("") == "True 1000 1"
+    assert run("", GOMP_SPINCOUNT="50000") == "True 50000 1"  # the user's own setting wins
+    assert run("import torch") == "False None None"  # too late once OpenMP is loaded: left alone
+
+
+def test_scripts_limit_openmp_spinning():
+    """Every script goes through cli.run_script, which sets the spin limits before any model library loads."""
+    code = ("import argparse, os, sys\n"
+            "from finetune import cli\n"
+            "main = lambda args: print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules) or 0\n"
+            "sys.exit(cli.run_script(main, argparse.ArgumentParser(), argv=[]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1000", "False"]
