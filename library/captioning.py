@@ -11,7 +11,7 @@ from typing import Any, Callable, Protocol, Sequence
 from .discovery import discover_images
 from .errors import FatalError
 from .pipeline import LoadedItem, RunSummary, default_workers, run_batches
-from .sidecars import SidecarLayout, shared_sidecars, write_caption
+from .sidecars import SidecarLayout, shared_sidecars, write_captions
 
 logger = logging.getLogger(__name__)
 
@@ -146,20 +146,13 @@ def caption_images(make_captioner: Callable[[], Captioner], cfg: CaptionRunConfi
     captioner = make_captioner()
 
     def process(batch: list[LoadedItem]) -> list[str | None]:
-        errors: list[str | None] = []
-        for item, (caption, error) in zip(batch, caption_batch(captioner, batch, cfg.postprocess)):
-            if error:
-                errors.append(error)
-                continue
-            target = layout.path_for(item.path)
-            try:
-                write_caption(target, caption)
-            except OSError as exc:
-                errors.append(f"cannot write {target}: {exc.strerror or exc}")
-                continue
-            if cfg.debug:
+        results = caption_batch(captioner, batch, cfg.postprocess)
+        good = [(item, caption) for item, (caption, error) in zip(batch, results) if error is None]
+        written = iter(write_captions([(layout.path_for(item.path), caption) for item, caption in good]))
+        errors = [error if error is not None else next(written) for _, error in results]
+        if cfg.debug:
+            for item, caption in good:
                 logger.info("%s: %s", item.path, caption)
-            errors.append(None)
         return errors
 
     workers = default_workers() if cfg.workers is None else cfg.workers

@@ -11,7 +11,7 @@ from .caption_jobs import GLITCH_TEXT, CaptionJob, Generation, Sampling, glitch_
 from .discovery import discover_images
 from .errors import FatalError
 from .pipeline import LoadedItem, RunSummary, run_batches
-from .sidecars import SidecarLayout, write_caption
+from .sidecars import SidecarLayout, write_captions
 
 logger = logging.getLogger(__name__)
 
@@ -162,16 +162,13 @@ def run_dual_caption(cfg: DualCaptionConfig, make_backend: Callable[[], Backend]
 
     def process(batch: list[LoadedItem]) -> list[str | None]:
         results = caption_batch(backend, batch, cfg.tasks, cfg.sampling, cfg.max_retries)
+        written = iter(write_captions([(layout.path_for(item.path), "\n".join(captions))
+                                       for item, (captions, _, _) in zip(batch, results) if captions is not None]))
         errors: list[str | None] = []
         for item, (captions, error, warnings) in zip(batch, results):
-            if captions is None:
-                errors.append(error)
-                continue
-            target = layout.path_for(item.path)
-            try:
-                write_caption(target, "\n".join(captions))
-            except OSError as exc:
-                errors.append(f"cannot write {target}: {exc.strerror or exc}")
+            error = error if captions is None else next(written)
+            errors.append(error)
+            if error is not None:
                 continue
             for w in warnings:
                 outcome.warnings.append((item.path, w))
@@ -179,7 +176,6 @@ def run_dual_caption(cfg: DualCaptionConfig, make_backend: Callable[[], Backend]
             if cfg.debug:
                 for task, text in zip(cfg.tasks, captions):
                     logger.info("%s [%s]: %s", item.path, task.name, text)
-            errors.append(None)
         return errors
 
     try:

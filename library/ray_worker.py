@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from .errors import FatalError
 from .pipeline import LoadedItem, load_one
-from .sidecars import SidecarLayout, write_caption
+from .sidecars import SidecarLayout, write_caption, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class BatchWorker:
         try:
             write_caption(target, res.caption)
         except OSError as exc:
-            return ItemResult(None, f"cannot write {target}: {exc.strerror or exc}")
+            return ItemResult(None, write_error(target, exc))
         return res
 
 

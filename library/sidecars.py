@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 
 def normalize_extension(extension: str) -> str:
@@ -98,6 +99,33 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def write_caption(path: str | os.PathLike, caption: str) -> None:
     """Write one caption with exactly one trailing newline, atomically."""
     atomic_write_text(path, caption.rstrip("\n") + "\n")
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> str:
+    """The one-line reason a caption file could not be written."""
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+_WRITERS: ThreadPoolExecutor | None = None
+WRITER_THREADS = 8  # each write waits on fsync; a few in flight at once hide that wait
+
+
+def write_captions(items: Sequence[tuple[Path, str]]) -> list[str | None]:
+    """Write a batch of captions (each atomically, several at once); None or the error line per file, in order."""
+    global _WRITERS
+
+    def one(target: Path, caption: str) -> str | None:
+        try:
+            write_caption(target, caption)
+        except OSError as exc:
+            return write_error(target, exc)
+        return None
+
+    if len(items) <= 1:
+        return [one(t, c) for t, c in items]
+    if _WRITERS is None:
+        _WRITERS = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="caption-writer")
+    return list(_WRITERS.map(lambda pair: one(*pair), items))
 
 
 def read_caption(path: str | os.PathLike) -> str | None:

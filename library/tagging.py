@@ -16,7 +16,7 @@ from .metadata_output import MetadataWriter
 from .onnx_runtime import parse_device
 from .pipeline import LoadedItem, RunSummary, default_workers, run_batches
 from .preprocess import SquareImageLoader
-from .sidecars import SidecarLayout, read_caption, shared_sidecars, split_caption, write_caption
+from .sidecars import SidecarLayout, read_caption, shared_sidecars, split_caption, write_captions
 from .tag_processing import TagOptions, TagResult, TagSelector, tag_key
 from .wd_tagger import DEFAULT_REPO_ID, WDTagger
 
@@ -148,21 +148,18 @@ def tag_images(cfg: TaggerConfig) -> TaggerOutcome:
     sep = cfg.tag_options.caption_separator
 
     def process(batch: list[LoadedItem]) -> list[str | None]:
-        errors: list[str | None] = []
-        for item, (caption, result) in zip(batch, batcher.tag(batch)):
-            target = layout.path_for(item.path)
-            try:
-                if metadata is not None:
-                    metadata.add(item.path, caption, item.size, result.scores)
-                else:
-                    write_caption(target, caption)
-            except OSError as exc:
-                errors.append(f"cannot write {target}: {exc.strerror or exc}")
-                continue
-            freq.update(result.tags)
-            if cfg.debug:
-                _log_debug(item.path, result, sep)
-            errors.append(None)
+        tagged = batcher.tag(batch)
+        if metadata is not None:
+            for item, (caption, result) in zip(batch, tagged):
+                metadata.add(item.path, caption, item.size, result.scores)
+            errors: list[str | None] = [None] * len(batch)
+        else:
+            errors = write_captions([(layout.path_for(item.path), caption) for item, (caption, _) in zip(batch, tagged)])
+        for item, (_, result), error in zip(batch, tagged, errors):
+            if error is None:
+                freq.update(result.tags)
+                if cfg.debug:
+                    _log_debug(item.path, result, sep)
         return errors
 
     workers = default_workers() if cfg.workers is None else cfg.workers

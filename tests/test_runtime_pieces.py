@@ -183,3 +183,18 @@ def test_scripts_limit_openmp_spinning():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1000", "False"]
+
+
+def test_write_captions_in_parallel_keeps_order_and_reports_each_failure(tmp_path):
+    from library.sidecars import write_captions
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    items = [(tmp_path / f"c{i}.txt", f"caption {i}") for i in range(20)]
+    items.insert(7, (blocker / "bad.txt", "never written"))  # its parent is a file: this one fails
+    errors = write_captions(items)
+    assert len(errors) == 21 and errors[:7] == [None] * 7 and errors[8:] == [None] * 13
+    assert errors[7].startswith(f"cannot write {blocker / 'bad.txt'}: ")
+    for i in range(20):
+        assert (tmp_path / f"c{i}.txt").read_text() == f"caption {i}\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
