@@ -155,34 +155,26 @@ def test_ctrl_c_stops_cleanly_without_half_written_files(tmp_path, model_dir):
         assert p.read_text().endswith("\n")
 
 
-def test_openmp_spinning_is_limited_before_torch_loads():
-    code = ("import os, sys\n"
-            "{pre}\n"
-            "from library.runtime import limit_openmp_spinning\n"
-            "print(limit_openmp_spinning(), os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
-
-    def run(pre: str, **extra) -> str:
-        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], cwd=ROOT, env={**env, **extra},
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    assert run("") == "True 1000 1"
-    assert run("", GOMP_SPINCOUNT="50000") == "True 50000 1"  # the user's own setting wins
-    assert run("import torch") == "False None None"  # too late once OpenMP is loaded: left alone
-
-
-def test_scripts_limit_openmp_spinning():
-    """Every script goes through cli.run_script, which sets the spin limits before any model library loads."""
-    code = ("import argparse, os, sys\n"
-            "from finetune import cli\n"
-            "main = lambda args: print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules) or 0\n"
-            "sys.exit(cli.run_script(main, argparse.ArgumentParser(), argv=[]))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+def _fresh_python(code: str, **env) -> list[str]:
+    """Run `code` in a new interpreter without OpenMP settings (plus `env`); its stdout split into words."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1000", "False"]
+    return out.stdout.split()
+
+
+def test_openmp_spinning_is_limited_before_torch_loads():
+    probe = ("import os\n{pre}\nfrom library.runtime import limit_openmp_spinning\n"
+             "print(limit_openmp_spinning(), os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'))\n")
+    assert _fresh_python(probe.format(pre="")) == ["True", "1000", "1"]
+    assert _fresh_python(probe.format(pre=""), GOMP_SPINCOUNT="50000") == ["True", "50000", "1"]  # the user's wins
+    assert _fresh_python(probe.format(pre="import torch")) == ["False", "None", "None"]  # too late: left alone
+    # every script goes through cli.run_script, which sets them before any model library loads
+    script = ("import argparse, os, sys\nfrom finetune import cli\n"
+              "main = lambda args: print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules) or 0\n"
+              "sys.exit(cli.run_script(main, argparse.ArgumentParser(), argv=[]))\n")
+    assert _fresh_python(script) == ["1000", "False"]
 
 
 def test_write_captions_in_parallel_keeps_order_and_reports_each_failure(tmp_path):
