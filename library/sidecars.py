@@ -121,8 +121,8 @@ def write_captions(items: Sequence[tuple[Path, str]]) -> list[str | None]:
             return write_error(target, exc)
         return None
 
-    if len(items) <= 1:
-        return [one(t, c) for t, c in items]
+    if len(items) <= 1 or len({target for target, _ in items}) < len(items):
+        return [one(t, c) for t, c in items]  # two images of one stem: in order, so the last one wins as always
     if _WRITERS is None:
         _WRITERS = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="caption-writer")
     return list(_WRITERS.map(lambda pair: one(*pair), items))

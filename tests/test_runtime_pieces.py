@@ -190,3 +190,13 @@ def test_write_captions_in_parallel_keeps_order_and_reports_each_failure(tmp_pat
     for i in range(20):
         assert (tmp_path / f"c{i}.txt").read_text() == f"caption {i}\n"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_captions_shared_target_last_one_wins(tmp_path):
+    from library.sidecars import write_captions
+
+    target = tmp_path / "a.txt"  # a.png and a.jpg share it
+    items = [(tmp_path / f"x{i}.txt", "x") for i in range(6)] + [(target, "from a.png"), (target, "from a.jpg")]
+    for _ in range(5):
+        assert write_captions(items) == [None] * 8
+        assert target.read_text() == "from a.jpg\n"
