@@ -16,7 +16,7 @@ from library.image_io import ImageLoadError
 from library.onnx_runtime import ProviderError, choose_providers, create_session, parse_device
 from library.pipeline import RunSummary, iter_loaded, run_batches
 from library.sidecars import SidecarLayout, atomic_write_text, normalize_extension, shared_sidecars, split_caption
-from tests.conftest import ROOT, SCRIPT, WD_TAGS
+from tests.conftest import ROOT, SCRIPT
 
 
 def names(providers):
