@@ -143,11 +143,12 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto", f
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    providers = choose_providers(device, available, Path(model_path).parent / TENSORRT_CACHE, fp16)
+    engine_cache = Path(model_path).parent / TENSORRT_CACHE
+    providers = choose_providers(device, available, engine_cache, fp16)
     if any(_name(p) == "TensorrtExecutionProvider" for p in providers):
-        (Path(model_path).parent / TENSORRT_CACHE).mkdir(exist_ok=True)
+        engine_cache.mkdir(exist_ok=True)
         logger.info("TensorRT: the first run builds an engine for each batch shape (minutes); later runs load it "
-                    "from %s", Path(model_path).parent / TENSORRT_CACHE)
+                    "from %s", engine_cache)
     wanted_gpu = [_name(p) for p in providers if _name(p) != "CPUExecutionProvider"]
     if "CUDAExecutionProvider" in wanted_gpu and hasattr(ort, "preload_dlls"):
         try:  # load CUDA/cuDNN from the nvidia-* pip packages (those torch installs) when they match

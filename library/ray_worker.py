@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from .errors import FatalError
 from .pipeline import LoadedItem, load_one
-from .sidecars import SidecarLayout, write_caption, write_error
+from .sidecars import SidecarLayout, write_captions
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +97,21 @@ class BatchWorker:
             except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; the run goes on
                 logger.exception("batch of %d images failed", len(chunk))
                 out = [ItemResult(None, f"{exc.__class__.__name__}: {exc}") for _ in chunk]
-            for (i, item), res in zip(chunk, out):
-                results[i] = self._finish(item, res)
+            for (i, _), res in zip(chunk, self._write(chunk, out)):
+                results[i] = res
         return result_table(rows, results, sizes)
 
-    def _finish(self, item: LoadedItem, res: ItemResult) -> ItemResult:
-        if res.caption is None or not self.write_sidecars:
-            return res
-        target = self.layout.path_for(item.path)
-        try:
-            write_caption(target, res.caption)
-        except OSError as exc:
-            return ItemResult(None, write_error(target, exc))
-        return res
+    def _write(self, chunk: list[tuple[int, LoadedItem]], out: list[ItemResult]) -> list[ItemResult]:
+        """Write the chunk's captions as sidecars (several at once); a failed write becomes that row's error."""
+        if not self.write_sidecars:
+            return out
+        captioned = [(item, res) for (_, item), res in zip(chunk, out) if res.caption is not None]
+        errors = iter(write_captions([(self.layout.path_for(item.path), res.caption) for item, res in captioned]))
+        written = []
+        for res in out:
+            error = next(errors) if res.caption is not None else None
+            written.append(ItemResult(None, error) if error else res)
+        return written
 
 
 def result_table(rows: list[dict], results: list[ItemResult], sizes: list):
