@@ -22,7 +22,7 @@ setup(
     install_requires=requirements,
     extras_require={
         "tensorflow": ["tensorflow-cpu>=2.15"],
-        "ray": ["ray[data]>=2.10"],  # override_num_blocks (library.ray_runner) arrived in 2.10; tested with 2.60
+        "ray": ["ray[data]>=2.10"],  # override_num_blocks (library.distributed.runner) arrived in 2.10; tested with 2.60
         "quantization": ["bitsandbytes>=0.43"],
         "fp16": ["onnx>=1.16"],  # the tagger's --fp16 model conversion
     },

@@ -5,7 +5,8 @@ Usage:
 
 It generates N real-content 1024x768 JPEGs (plus some 3000x2000 ones) in a temporary folder and builds a tiny
 pixel-dependent WD model (64 px), a realistic one (a random ViT-B/16 at 448 px with 10,861 outputs, the
-architecture of wd-vit-tagger-v3) and a tiny BLIP captioner. For each it prints images/s for (a) decode + preprocess alone on all cores, (b) the model alone on
+architecture of wd-vit-tagger-v3) and a tiny BLIP captioner. For each it prints images/s for (a) decode + preprocess alone on all
+cores, (b) the model alone on
 pre-decoded batches, (c) the script's pipeline end to end, and the ratios (c)/(a) and (c)/(b). When decoding and
 the model share the same CPU cores, neither bound is reachable alone: the column "shared" gives 1/(1/a + 1/b),
 the rate if both kept every core busy in turn, and c/shared how close the pipeline gets to it.
@@ -35,13 +36,13 @@ limit_openmp_spinning()  # as the scripts do, before torch is imported
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from library.captioning import CaptionRunConfig, caption_images  # noqa: E402
-from library.model_files import locate_model  # noqa: E402
+from library.captioners.job import CaptionRunConfig, caption_images  # noqa: E402
+from library.backends.hub_files import locate_model  # noqa: E402
 from library.pipeline import default_workers  # noqa: E402
-from library.preprocess import SquareImageLoader  # noqa: E402
-from library.tag_processing import TagOptions  # noqa: E402
-from library.tagging import TaggerConfig, tag_images  # noqa: E402
-from library.wd_tagger import WDTagger, ensure_tagger_files  # noqa: E402
+from library.taggers.preprocess import SquareImageLoader  # noqa: E402
+from library.taggers.tag_rules import TagOptions  # noqa: E402
+from library.taggers.job import TaggerConfig, tag_images  # noqa: E402
+from library.taggers.wd import WDTagger, ensure_tagger_files  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -273,8 +274,8 @@ def bench_tagger(label: str, name: str, build, paths: list[Path], tmp: Path, arg
 
 
 def bench_captioner(paths: list[Path], tmp: Path, args) -> Row:
-    from library.blip_captioner import BlipCaptioner
-    from library.hf_models import GenerationSettings
+    from library.captioners.blip import BlipCaptioner
+    from library.captioners.hf_models import GenerationSettings
     from tests.fixtures.captioner_models import make_blip
 
     model = make_blip(tmp / "blip")

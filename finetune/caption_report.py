@@ -14,14 +14,12 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from finetune import cli, dataset_args  # noqa: E402
-from library.caption_report import (ReportOptions, default_page_path, thumbs_dir_for,  # noqa: E402
+from finetune import cli, dataset_args
+from library.review.report import (ReportOptions, default_page_path, thumbs_dir_for,
                                     write_report)
-from library.errors import FatalError  # noqa: E402
+from library.errors import FatalError
 
 DEFAULT_PORT = 8765
 
@@ -76,8 +74,8 @@ def build_options(args: argparse.Namespace) -> ReportOptions:
 
 
 def serve(args: argparse.Namespace, options: ReportOptions) -> int:
-    from library.caption_report import collect_report
-    from library.review_server import ReviewServer, serve as serve_forever
+    from library.review.report import collect_report
+    from library.review.server import ReviewServer, serve as serve_forever
 
     if options.metadata_path:
         raise FatalError("--serve edits caption files; it cannot edit captions read from --metadata")

@@ -13,17 +13,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from finetune import cli  # noqa: E402
-from library.caption_edit import CaptionEdit, edit_captions  # noqa: E402
-from library.errors import FatalError  # noqa: E402
-from library.sidecars import split_caption  # noqa: E402
+from finetune import cli
+from library.dataset.caption_edit import CaptionEdit, edit_captions
+from library.errors import FatalError
+from library.sidecars import split_caption
 
 HELP = {
     "prefix": "put tags first (a trigger word); moves them there if they are elsewhere",

@@ -116,7 +116,7 @@ def ray_options(args: argparse.Namespace):
     """The RayOptions of --ray (None without it); checks that Ray is installed before any work starts."""
     from pathlib import Path
 
-    from library.ray_runner import RayOptions, require_ray
+    from library.distributed.runner import RayOptions, require_ray
 
     if not getattr(args, "ray", False):
         if getattr(args, "ray_output", None):

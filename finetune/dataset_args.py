@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from finetune import cli
-from library.buckets import BucketSettings, as_resolution
-from library.dataset_config import DEFAULT_RESOLUTION, add_metadata_subset, default_bucket_bounds, write_dataset_config
-from library.dataset_report import config_report, folder_report
+from library.dataset.buckets import BucketSettings, as_resolution
+from library.dataset.config import DEFAULT_RESOLUTION, add_metadata_subset, default_bucket_bounds, write_dataset_config
+from library.dataset.report import config_report, folder_report
 from library.errors import FatalError
-from library.metadata_merge import merge_sidecars_to_metadata
+from library.dataset.metadata_merge import merge_sidecars_to_metadata
 
 
 def resolution_arg(text: str) -> int | list[int]:
@@ -88,7 +88,7 @@ def finish_run(summary, args: argparse.Namespace, image_root: str | Path, captio
 
 def write_run_report(summary, args: argparse.Namespace, image_root: str | Path, caption_extension: str) -> list[str]:
     """Write the --report page of a finished run (its failures included); returns lines to print."""
-    from library.caption_report import ReportOptions, write_report
+    from library.review.report import ReportOptions, write_report
 
     options = ReportOptions(caption_extension, recursive=getattr(args, "recursive", False),
                             output_dir=getattr(args, "output_dir", None),

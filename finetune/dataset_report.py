@@ -10,17 +10,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from finetune import cli, dataset_args  # noqa: E402
-from library.dataset_report import config_report, folder_report  # noqa: E402
-from library.dataset_scan import detect_caption_extension  # noqa: E402
-from library.errors import FatalError  # noqa: E402
+from finetune import cli, dataset_args
+from library.dataset.report import config_report, folder_report
+from library.dataset.scan import detect_caption_extension
+from library.errors import FatalError
 
 
 def setup_parser() -> argparse.ArgumentParser:

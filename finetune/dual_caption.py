@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from finetune import cli, dataset_args  # noqa: E402
-from library import joycaption_prompts as jp  # noqa: E402
-from library.caption_jobs import Sampling  # noqa: E402
-from library.dual_captioning import MODES, CaptionTask, DualCaptionConfig, run_dual_caption  # noqa: E402
-from library.errors import FatalError  # noqa: E402
-from library.ray_jobs import dual_caption_ray  # noqa: E402
+from finetune import cli, dataset_args
+from library.joycaption import prompts as jp
+from library.joycaption.generation import Sampling
+from library.joycaption.job import MODES, CaptionTask, DualCaptionConfig, run_dual_caption
+from library.errors import FatalError
+from library.distributed.jobs import dual_caption_ray
 
 logger = logging.getLogger("captionkit")
-DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption_local.DEFAULT_MODEL
+DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption.local.DEFAULT_MODEL
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -119,14 +116,14 @@ def build_tasks(args: argparse.Namespace) -> list[CaptionTask]:
 def backend_factory(args: argparse.Namespace):
     def make():
         if args.api_base:
-            from library.joycaption_api import DEFAULT_KEY_ENV, ApiJoyCaption
+            from library.joycaption.api import DEFAULT_KEY_ENV, ApiJoyCaption
 
             client = ApiJoyCaption(args.api_base, args.api_model, args.api_key_env or DEFAULT_KEY_ENV,
                                    args.api_concurrency, args.api_timeout, args.api_retries, args.api_backoff,
                                    args.api_image_size, args.system_prompt, key_required=bool(args.api_key_env))
             client.check()
             return client
-        from library.joycaption_local import LocalJoyCaption
+        from library.joycaption.local import LocalJoyCaption
 
         return LocalJoyCaption(args.model, args.device, args.dtype, args.quantization, args.batch_size,
                                args.system_prompt)

@@ -10,22 +10,19 @@ A drop-in for sd-scripts' finetune/make_captions.py: same flags and defaults (nu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from finetune import cli, dataset_args  # noqa: E402
-from library.blip_captioner import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS, BlipCaptioner,  # noqa: E402
+from finetune import cli, dataset_args
+from library.captioners.blip import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS, BlipCaptioner,
                                     resolve_model_id)
-from library.captioning import CaptionRunConfig, caption_images  # noqa: E402
-from library.hf_models import GenerationSettings  # noqa: E402
-from library.ray_jobs import caption_images_ray  # noqa: E402
-from library.torch_device import seed_everything  # noqa: E402
+from library.captioners.job import CaptionRunConfig, caption_images
+from library.captioners.hf_models import GenerationSettings
+from library.distributed.jobs import caption_images_ray
+from library.backends.torch_device import seed_everything
 
 
 def setup_parser() -> argparse.ArgumentParser:

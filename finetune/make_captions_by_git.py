@@ -8,20 +8,17 @@ max_length 50, --remove_words). Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from finetune import cli, dataset_args  # noqa: E402
-from library.captioning import CaptionRunConfig, caption_images  # noqa: E402
-from library.git_captioner import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words  # noqa: E402
-from library.hf_models import GenerationSettings  # noqa: E402
-from library.ray_jobs import caption_images_ray  # noqa: E402
+from finetune import cli, dataset_args
+from library.captioners.job import CaptionRunConfig, caption_images
+from library.captioners.git import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words
+from library.captioners.hf_models import GenerationSettings
+from library.distributed.jobs import caption_images_ray
 
 
 def setup_parser() -> argparse.ArgumentParser:

@@ -8,14 +8,11 @@ Example:
 
 from __future__ import annotations
 
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from finetune import cli, dataset_args  # noqa: E402
+from finetune import cli, dataset_args
 
 
 def setup_parser():

@@ -11,16 +11,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from finetune import cli, dataset_args  # noqa: E402
-from library.errors import FatalError  # noqa: E402
-from library.image_resize import resize_images  # noqa: E402
+from finetune import cli, dataset_args
+from library.errors import FatalError
+from library.dataset.resize import resize_images
 
 
 quality_arg = cli.int_in_range(1, 100, "quality")

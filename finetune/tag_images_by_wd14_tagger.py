@@ -9,21 +9,18 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if sys.path[:1] != [ROOT]:
-    sys.path.insert(0, ROOT)  # this project's `library` wins over sd-scripts' one on PYTHONPATH
+import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from finetune import cli, dataset_args  # noqa: E402
-from library.errors import FatalError  # noqa: E402
-from library.ray_jobs import tag_images_ray  # noqa: E402
-from library.tag_processing import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement  # noqa: E402
-from library.tagging import TaggerConfig, tag_images  # noqa: E402
-from library.wd_tagger import DEFAULT_REPO_ID  # noqa: E402
+from finetune import cli, dataset_args
+from library.errors import FatalError
+from library.distributed.jobs import tag_images_ray
+from library.taggers.tag_rules import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement
+from library.taggers.job import TaggerConfig, tag_images
+from library.taggers.wd import DEFAULT_REPO_ID
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -104,7 +101,8 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         workers=args.max_data_loader_n_workers, recursive=args.recursive, caption_extension=args.caption_extension,
         output_dir=Path(args.output_dir) if args.output_dir else None,
         output_path=Path(args.output_path) if args.output_path else None, skip_existing=args.skip_existing,
-        append_tags=args.append_tags, fast_decode=args.fast_decode, fp16=args.fp16, debug=args.debug, progress=not args.no_progress, tag_options=options)
+        append_tags=args.append_tags, fast_decode=args.fast_decode, fp16=args.fp16, debug=args.debug,
+        progress=not args.no_progress, tag_options=options)
 
 
 def main(args: argparse.Namespace) -> int:

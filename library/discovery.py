@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .errors import FatalError
+from library.errors import FatalError
 
 logger = logging.getLogger(__name__)
 

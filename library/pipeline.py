@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .errors import FatalError
-from .image_io import ImageLoadError
+from library.errors import FatalError
+from library.image_io import ImageLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from library.buckets import BucketPlanner, BucketSettings, adjust_bucket_bounds, as_resolution, make_bucket_resolutions
-from library.dataset_report import ReportItem, report_lines
+from library.dataset.buckets import BucketPlanner, BucketSettings, adjust_bucket_bounds, as_resolution, make_bucket_resolutions
+from library.dataset.report import ReportItem, report_lines
 from tests.fixtures.datasets import make_image
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from finetune import dataset_args
-from library.caption_report import ReportOptions, read_report_data, thumbs_dir_for, write_report
+from library.review.report import ReportOptions, read_report_data, thumbs_dir_for, write_report
 from library.pipeline import RunSummary
-from library.review_edits import change_tags, line_separator
-from library.review_server import TOKEN_HEADER, ReviewServer, serve
+from library.review.edits import change_tags, line_separator
+from library.review.server import TOKEN_HEADER, ReviewServer, serve
 from tests.conftest import ROOT, SCRIPT, run_script
 from tests.fixtures.images import bad_images
 from tests.fixtures.review_dataset import CAPTIONS, many_tiny_images, review_dataset
@@ -186,7 +186,7 @@ def test_report_reads_captions_from_a_metadata_file(tmp_path):
 
 
 def test_store_edits_a_shared_caption_file_once_and_reports_every_image(tmp_path):
-    from library.review_edits import CaptionStore
+    from library.review.edits import CaptionStore
     from library.sidecars import SidecarLayout
 
     ds = tmp_path / "ds"

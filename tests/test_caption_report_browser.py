@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from library.caption_report import ReportOptions, render_page, thumbs_dir_for, write_report
-from library.review_server import ReviewServer, serve
+from library.review.report import ReportOptions, render_page, thumbs_dir_for, write_report
+from library.review.server import ReviewServer, serve
 from tests.fixtures.review_dataset import CAPTIONS, review_dataset
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

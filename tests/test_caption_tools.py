@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from library.caption_edit import CaptionEdit, edit_captions, edit_tags, edit_text
+from library.dataset.caption_edit import CaptionEdit, edit_captions, edit_tags, edit_text
 from tests.conftest import ROOT, run_script
 from tests.fixtures.datasets import make_image, write_sidecar
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library.blip_captioner import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS, BlipCaptioner,
+from library.captioners.blip import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS, BlipCaptioner,
                                     model_id_for_caption_weights, resolve_model_id)
 from library.errors import FatalError
-from library.hf_models import GenerationSettings
-from library.processor_transform import ImageTransform
+from library.captioners.hf_models import GenerationSettings
+from library.captioners.image_transform import ImageTransform
 from tests.conftest import ROOT, foreign_library, run_script
 from tests.fixtures.captioner_models import make_blip, make_blip2_opt, make_blip2_t5
 from tests.fixtures.hub_server import serve_repos
@@ -131,7 +131,7 @@ def test_folder_saved_by_transformers_itself_loads_the_same(models, photo_paths,
 
 
 def test_resample_filters_of_every_processor_flavour_map_to_pil():
-    from library.processor_transform import _pil_filter
+    from library.captioners.image_transform import _pil_filter
 
     class Interpolation:  # torchvision's InterpolationMode enum carries strings
         value = "bicubic"

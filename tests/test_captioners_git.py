@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library.git_captioner import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words
-from library.hf_models import GenerationSettings
-from library.processor_transform import ImageTransform, center_crop
+from library.captioners.git import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words
+from library.captioners.hf_models import GenerationSettings
+from library.captioners.image_transform import ImageTransform, center_crop
 from tests.conftest import ROOT, foreign_library, run_script
 from tests.fixtures.captioner_models import make_git
 from tests.fixtures.images import bad_images, real_photos

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from finetune import cli
-from library.blip_captioner import BlipCaptioner
-from library.captioning import CaptionRunConfig, caption_images, clean_caption
-from library.hf_models import GenerationSettings
+from library.captioners.blip import BlipCaptioner
+from library.captioners.job import CaptionRunConfig, caption_images, clean_caption
+from library.captioners.hf_models import GenerationSettings
 from tests.fixtures.captioner_models import make_blip, make_blip2_opt, make_blip2_t5
 from tests.fixtures.images import awkward_images, bad_images, real_photos
 

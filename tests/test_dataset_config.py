@@ -12,10 +12,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from finetune import dataset_args
-from library import toml_io
-from library.dataset_config import add_metadata_subset, write_dataset_config
+from library.dataset import toml_io
+from library.dataset.config import add_metadata_subset, write_dataset_config
 from library.errors import FatalError
-from library.metadata_output import MetadataWriter
+from library.outputs.metadata import MetadataWriter
 from tests.conftest import ROOT, run_script
 from tests.fixtures.datasets import captioned_tree, make_image, write_sidecar
 

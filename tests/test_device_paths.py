@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library.batch_sizing import (CPU_BATCH, GPU_DEFAULT_BATCH, GPU_MAX_BATCH, free_gpu_memory, nvml_index,
+from library.backends.gpu_memory import (CPU_BATCH, GPU_DEFAULT_BATCH, GPU_MAX_BATCH, free_gpu_memory, nvml_index,
                                   tagger_batch_size)
 from library.errors import FatalError
-from library.onnx_fp16 import float16_model, fp16_path
-from library.onnx_runtime import OnnxRunner, choose_providers, create_session, cuda_device_count
-from library.wd_tagger import WDTagger
+from library.backends.onnx_fp16 import float16_model, fp16_path
+from library.backends.onnx_runtime import OnnxRunner, choose_providers, create_session, cuda_device_count
+from library.taggers.wd import WDTagger
 from tests.conftest import SCRIPT, run_script
 
 pytest.importorskip("onnx")
@@ -47,8 +47,8 @@ def test_fp16_conversion_is_cached_and_close_to_float32(tiny_copy):
     assert float16_model(source) == converted and converted.stat().st_mtime_ns == stamp  # cached, not redone
     assert not [p.name for p in tiny_copy.iterdir() if p.name.endswith(".tmp")]
 
-    from library.wd_tagger import ensure_tagger_files
-    from library.model_files import locate_model
+    from library.taggers.wd import ensure_tagger_files
+    from library.backends.hub_files import locate_model
     files = ensure_tagger_files(locate_model(str(tiny_copy), "unused"))
     full, half = WDTagger(files, "cpu"), WDTagger(files, "cpu", fp16=True)
     x = batch(6)
@@ -130,8 +130,8 @@ def test_io_binding_gives_the_same_output(tiny_copy):
 
 
 def test_padded_batches_keep_one_shape_and_the_same_results(tiny_copy):
-    from library.model_files import locate_model
-    from library.wd_tagger import ensure_tagger_files
+    from library.backends.hub_files import locate_model
+    from library.taggers.wd import ensure_tagger_files
 
     tagger = WDTagger(ensure_tagger_files(locate_model(str(tiny_copy), "unused")), "cpu")
     expected = tagger.predict(batch(7))

@@ -1,7 +1,6 @@
 """Image discovery, robust loading of every awkward file, and preprocessing equal to the reference."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from library.discovery import discover_images, find_images
 from library.errors import FatalError
 from library.image_io import ImageLoadError, open_image
-from library.preprocess import SquareImageLoader, cl_input, wd_input
+from library.taggers.preprocess import SquareImageLoader, cl_input, wd_input
 from tests.fixtures.images import awkward_images, bad_images, real_photos
 from tests.fixtures.wd_models import reference_preprocess
 

@@ -13,9 +13,9 @@ import pytest
 
 from finetune import cli
 from finetune.dual_caption import main, setup_parser
-from library.caption_jobs import one_line
-from library.joycaption_api import JpegDataUrlLoader, normalize_base, parse_retry_after
-from library.joycaption_prompts import build_prompt
+from library.joycaption.generation import one_line
+from library.joycaption.api import JpegDataUrlLoader, normalize_base, parse_retry_after
+from library.joycaption.prompts import build_prompt
 from tests.fixtures.dual_caption_server import chat_server, expected_caption
 from tests.fixtures.images import bad_images, real_photos
 

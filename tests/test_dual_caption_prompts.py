@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from library.caption_jobs import Generation, Sampling, glitch_reason, one_line, repeated_tags, trailing_loop
-from library.dual_captioning import pick_attempt
+from library.joycaption.generation import Generation, Sampling, glitch_reason, one_line, repeated_tags, trailing_loop
+from library.joycaption.job import pick_attempt
 from library.errors import FatalError
-from library.joycaption_prompts import (
+from library.joycaption.prompts import (
     PROMPTS_FILE, PromptSpec, build_prompt, caption_lengths, caption_types, describe_prompts, extra_options,
     resolve_extra_option)
 

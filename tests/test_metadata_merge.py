@@ -12,7 +12,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from library.errors import FatalError
-from library.metadata_merge import load_metadata, merge_sidecars_to_metadata, resolve_key
+from library.dataset.metadata_merge import load_metadata, merge_sidecars_to_metadata, resolve_key
 from tests.conftest import ROOT, run_script
 from tests.fixtures.datasets import make_image, write_sidecar
 

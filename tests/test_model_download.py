@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from library.model_files import ModelNotAvailable, locate_model
-from library.wd_tagger import WDTagger
+from library.backends.hub_files import ModelNotAvailable, locate_model
+from library.taggers.wd import WDTagger
 from tests.conftest import CL_TAGS, SCRIPT, WD_TAGS, run_script
 from tests.fixtures.hub_server import serve_repos, use_endpoint
 from tests.fixtures.images import real_photos

@@ -56,7 +56,7 @@ def pyarrow():
 def test_input_kinds_are_detected(pyarrow, tmp_path, caplog):
     import pyarrow.parquet as pq
 
-    from library.ray_inputs import detect_input
+    from library.distributed.inputs import detect_input
 
     mixed = tmp_path / "mixed"
     real_photos(mixed, n=1)
@@ -84,7 +84,7 @@ def rows(*specs):
 
 
 def test_a_folder_output_keeps_one_row_per_image_across_reruns(pyarrow, tmp_path):
-    from library.ray_output import TableOutput, read_rows
+    from library.distributed.output import TableOutput, read_rows
 
     out = tmp_path / "out"
     first = TableOutput(out, resume=True)
@@ -104,7 +104,7 @@ def test_a_folder_output_keeps_one_row_per_image_across_reruns(pyarrow, tmp_path
 
 
 def test_a_single_file_output_is_rewritten_with_earlier_rows_when_resuming(pyarrow, tmp_path):
-    from library.ray_output import TableOutput, read_rows
+    from library.distributed.output import TableOutput, read_rows
 
     for name in ("out.jsonl", "out.parquet"):
         target = tmp_path / name
@@ -133,7 +133,7 @@ def test_a_single_file_output_is_rewritten_with_earlier_rows_when_resuming(pyarr
 def test_tar_rows_skip_done_members_and_report_a_damaged_shard(tmp_path):
     import io
 
-    from library.ray_inputs import tar_rows
+    from library.distributed.inputs import tar_rows
 
     shard = tmp_path / "s.tar"
     with tarfile.open(shard, "w") as tf:
@@ -153,7 +153,7 @@ def test_a_dead_recorded_cluster_means_starting_a_local_one(monkeypatch):
     pytest.importorskip("ray", reason='Ray Data is an optional extra (pip install "ray[data]")')
     import ray._private.utils
 
-    from library.ray_runner import _local_address
+    from library.distributed.runner import _local_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda temp_dir=None: "127.0.0.1:1")

@@ -26,7 +26,7 @@ def cluster():
     """One local Ray cluster for the module (4 logical CPUs: actors and read tasks never starve each other)."""
     ray = pytest.importorskip("ray", reason=SKIP_REASON)
     pytest.importorskip("ray.data", reason=SKIP_REASON)
-    from library.ray_runner import runtime_env
+    from library.distributed.runner import runtime_env
 
     saved = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -5,9 +5,9 @@ import math
 import pytest
 from PIL import Image
 
-from library.buckets import BucketPlanner, BucketSettings
+from library.dataset.buckets import BucketPlanner, BucketSettings
 from library.errors import FatalError
-from library.image_resize import resize_images, target_size
+from library.dataset.resize import resize_images, target_size
 from tests.conftest import ROOT, run_script
 from tests.fixtures.datasets import make_image, write_sidecar
 from tests.fixtures.images import awkward_images, bad_images

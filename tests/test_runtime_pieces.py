@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from library.image_io import ImageLoadError
-from library.onnx_runtime import ProviderError, choose_providers, create_session, parse_device
+from library.backends.onnx_runtime import ProviderError, choose_providers, create_session, parse_device
 from library.pipeline import RunSummary, iter_loaded, run_batches
 from library.sidecars import SidecarLayout, atomic_write_text, normalize_extension, shared_sidecars, split_caption
 from tests.conftest import ROOT, SCRIPT
@@ -36,7 +36,7 @@ def test_provider_choice():
 
 
 def test_auto_skips_cuda_without_a_gpu():
-    from library.onnx_runtime import cuda_device_count
+    from library.backends.onnx_runtime import cuda_device_count
     if cuda_device_count():
         pytest.skip("a CUDA GPU is present")
     auto = names(choose_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]))
@@ -47,7 +47,7 @@ def test_loud_warning_when_the_gpu_provider_falls_back_to_cpu(model_dir, caplog)
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this ONNX Runtime build has no CUDA provider")
-    from library.onnx_runtime import cuda_device_count
+    from library.backends.onnx_runtime import cuda_device_count
     if cuda_device_count():
         pytest.skip("a working GPU would not fall back")
     with caplog.at_level(logging.WARNING):

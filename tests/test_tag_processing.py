@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from library.tag_labels import TagLabels
-from library.tag_processing import (TagOptions, TagSelector, mcut_threshold, parse_tag_list, parse_tag_replacement,
+from library.taggers.labels import TagLabels
+from library.taggers.tag_rules import (TagOptions, TagSelector, mcut_threshold, parse_tag_list, parse_tag_replacement,
                                     remove_underscore)
 
 NAMES = ["general", "sensitive", "questionable", "explicit",

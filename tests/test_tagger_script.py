@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from library.tag_processing import TagOptions
-from library.tagging import TaggerConfig, tag_images
+from library.taggers.tag_rules import TagOptions
+from library.taggers.job import TaggerConfig, tag_images
 from tests.conftest import CL_TAGS, SCRIPT, WD_TAGS, foreign_library, run_script
 from tests.fixtures.images import awkward_images, bad_images, real_photos
 from tests.fixtures.wd_models import cl_reference_logits, reference_preprocess, wd_reference_probs

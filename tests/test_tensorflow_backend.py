@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from library.errors import FatalError
-from library.wd_tagger import WDTagger
+from library.taggers.wd import WDTagger
 from tests.conftest import SCRIPT, run_script
 from tests.fixtures.images import real_photos
 

@@ -1,0 +1,1 @@
+"""Ray Data scale-out: inputs, the actor, result tables and the runner."""

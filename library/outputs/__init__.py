@@ -1,0 +1,1 @@
+"""Where results go: caption sidecars, metadata files, result tables, failure lists."""

@@ -1,0 +1,1 @@
+"""The caption review page: report, thumbnails, edits and the local edit server."""

@@ -1,0 +1,232 @@
+"""Turn tagger probabilities into an ordered tag list with every sd-scripts option, without its defects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from library.taggers.labels import TagLabels
+
+# kaomoji whose underscores SmilingWolf's reference keeps (sd-scripts keeps tags of <= 3 characters)
+KAOMOJI = frozenset(
+    "0_0 (o)_(o) +_+ +_- ._. <o>_<o> <|>_<|> =_= >_< 3_3 6_9 >_o @_@ ^_^ o_o u_u x_x |_| ||_||".split()
+)
+THRESHOLD_CATEGORIES = ("general", "character", "copyright", "artist", "meta", "model")
+CHARACTER_MCUT_FLOOR = 0.15
+
+
+def tag_key(tag: str) -> str:
+    """Comparison key: underscores and spaces are the same, surrounding blanks ignored."""
+    return " ".join(tag.replace("_", " ").split())
+
+
+def remove_underscore(tag: str) -> str:
+    """'long_hair' -> 'long hair'; short tags and kaomoji keep their underscores."""
+    if len(tag) <= 3 or tag in KAOMOJI:
+        return tag
+    return tag.replace("_", " ")
+
+
+def expand_character_tag(tag: str) -> list[str]:
+    """'chara_(series)' -> ['chara', 'series']; 'chara_(costume)_(series)' -> ['chara_(costume)', 'series']."""
+    if not tag.endswith(")") or "(" not in tag:
+        return [tag]
+    head, _, series = tag.rpartition("(")
+    head = head[:-1] if head.endswith("_") else head
+    series = series[:-1]
+    if not head or not series:
+        return [tag]
+    return [head, series]
+
+
+def parse_tag_list(text: str | None, separator: str = ", ") -> list[str]:
+    """A user's tag list: split on commas and on the caption separator (whitespace separators too)."""
+    if not text:
+        return []
+    sep = separator.strip()
+    if sep and sep != ",":
+        text = text.replace(sep, ",")
+    elif not sep and "," not in text:
+        return [t for t in text.split() if t]
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_tag_replacement(text: str | None) -> list[tuple[str, str]]:
+    """'src1,dst1;src2,dst2' with '\\,' and '\\;' escapes -> [(src, dst), ...]; ValueError when malformed."""
+    if not text:
+        return []
+    pairs = []
+    for chunk in _split_escaped(text, ";"):
+        if not chunk.strip():
+            continue
+        parts = _split_escaped(chunk, ",")
+        if len(parts) != 2 or not parts[0].strip():
+            raise ValueError(f"--tag_replacement: expected 'source,target' pairs separated by ';', got {chunk!r}")
+        pairs.append((_unescape(parts[0]).strip(), _unescape(parts[1]).strip()))
+    return pairs
+
+
+def _split_escaped(text: str, sep: str) -> list[str]:
+    parts, current, i = [], "", 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ",;":
+            current += text[i:i + 2]
+            i += 2
+            continue
+        if text[i] == sep:
+            parts.append(current)
+            current = ""
+        else:
+            current += text[i]
+        i += 1
+    parts.append(current)
+    return parts
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\,", ",").replace("\\;", ";")
+
+
+def mcut_threshold(probs: np.ndarray) -> float:
+    """Maximum Cut Thresholding: the midpoint of the largest gap between sorted neighbouring probabilities."""
+    if probs.size < 2:
+        return float(probs[0]) if probs.size else 1.0
+    ordered = np.sort(probs)[::-1]
+    gaps = ordered[:-1] - ordered[1:]
+    t = int(np.argmax(gaps))
+    return float((ordered[t] + ordered[t + 1]) / 2)
+
+
+@dataclass
+class TagOptions:
+    """Every tag option of sd-scripts' tagger (thresholds already resolved against --thresh)."""
+
+    caption_separator: str = ", "
+    thresholds: dict[str, float] = field(default_factory=lambda: {c: 0.35 for c in THRESHOLD_CATEGORIES})
+    general_mcut: bool = False
+    character_mcut: bool = False
+    remove_underscore: bool = False
+    undesired_tags: str = ""
+    always_first_tags: str | None = None
+    tag_replacement: str | None = None
+    character_tag_expand: bool = False
+    character_tags_first: bool = False
+    use_rating_tags: bool = False
+    use_rating_tags_as_last_tag: bool = False
+    use_quality_tags: bool = False
+    use_quality_tags_as_last_tag: bool = False
+
+
+@dataclass
+class TagResult:
+    """Tags of one image: the ordered list, each tag's confidence, and tags per category (for --debug)."""
+
+    tags: list[str]
+    scores: dict[str, float]
+    by_category: dict[str, list[str]]
+
+    def caption(self, separator: str) -> str:
+        return separator.join(self.tags)
+
+
+class TagSelector:
+    """Precomputes per-label output tags once, then selects tags for each probability vector."""
+
+    def __init__(self, labels: TagLabels, options: TagOptions):
+        self.labels = labels
+        self.options = options
+        replacements = {tag_key(src): dst for src, dst in parse_tag_replacement(options.tag_replacement)}
+        undesired = {tag_key(t) for t in parse_tag_list(options.undesired_tags, options.caption_separator)}
+        self.always_first = [tag_key(t) for t in parse_tag_list(options.always_first_tags, options.caption_separator)]
+
+        cats = np.array(labels.categories)
+        self.outputs: list[list[str]] = []
+        blocked = np.zeros(len(labels), dtype=bool)
+        for i, (name, cat) in enumerate(zip(labels.names, labels.categories)):
+            pieces = expand_character_tag(name) if (cat == "character" and options.character_tag_expand) else [name]
+            if options.remove_underscore:
+                pieces = [remove_underscore(p) for p in pieces]
+            pieces = [replacements.get(tag_key(p), p) for p in pieces]
+            pieces = [p for p in pieces if p and tag_key(p) not in undesired]
+            self.outputs.append(pieces)
+            blocked[i] = not name or not pieces or tag_key(name) in undesired
+
+        self.thresholds = np.full(len(labels), np.inf, dtype=np.float32)
+        for cat in THRESHOLD_CATEGORIES:
+            self.thresholds[cats == cat] = options.thresholds.get(cat, 0.35)
+        self.thresholds[blocked] = np.inf
+        self.blocked = blocked
+        self.general_idx = np.nonzero((cats == "general") & ~blocked)[0]
+        self.character_idx = np.nonzero((cats == "character") & ~blocked)[0]
+        self.is_character = cats == "character"
+        self.rating_idx = np.nonzero(cats == "rating")[0]
+        self.quality_idx = np.nonzero(cats == "quality")[0]
+
+    def _thresholds_for(self, probs: np.ndarray) -> np.ndarray:
+        thr = self.thresholds
+        if self.options.general_mcut and self.general_idx.size:
+            thr = thr.copy()
+            thr[self.general_idx] = mcut_threshold(probs[self.general_idx])
+        if self.options.character_mcut and self.character_idx.size:
+            thr = thr.copy() if thr is self.thresholds else thr
+            thr[self.character_idx] = max(mcut_threshold(probs[self.character_idx]), CHARACTER_MCUT_FLOOR)
+        return thr
+
+    def _pick_one(self, probs: np.ndarray, indices: np.ndarray) -> int | None:
+        if not indices.size:
+            return None
+        best = int(indices[int(np.argmax(probs[indices]))])
+        return None if self.blocked[best] else best
+
+    def select(self, probs: np.ndarray) -> TagResult:
+        """Tags for one image's probability vector (sigmoid already applied)."""
+        o = self.options
+        probs = np.asarray(probs, dtype=np.float32).reshape(-1)
+        if probs.size != len(self.labels):
+            raise ValueError(f"model returned {probs.size} scores but the label file lists {len(self.labels)} tags")
+        hits = np.nonzero(probs >= self._thresholds_for(probs))[0]
+        if self.labels.order_by_confidence:
+            hits = hits[np.argsort(-probs[hits], kind="stable")]
+        if o.character_tags_first:
+            hits = np.concatenate([hits[self.is_character[hits]], hits[~self.is_character[hits]]])
+
+        ordered: list[int] = [int(i) for i in hits]
+        front: list[int] = []
+        back: list[int] = []
+        for wanted, first, last, idx in (
+            (o.use_quality_tags or o.use_quality_tags_as_last_tag, o.use_quality_tags, o.use_quality_tags_as_last_tag,
+             self.quality_idx),
+            (o.use_rating_tags or o.use_rating_tags_as_last_tag, o.use_rating_tags, o.use_rating_tags_as_last_tag,
+             self.rating_idx),
+        ):
+            if not wanted:
+                continue
+            best = self._pick_one(probs, idx)
+            if best is None:
+                continue
+            if last:
+                back.append(best)
+            else:
+                front.insert(0, best)
+
+        tags: list[str] = []
+        scores: dict[str, float] = {}
+        by_category: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        for i in front + ordered + back:
+            for tag in self.outputs[i]:
+                key = tag_key(tag)
+                if key in seen:
+                    continue
+                seen.add(key)
+                tags.append(tag)
+                scores[tag] = round(float(probs[i]), 4)
+                by_category.setdefault(self.labels.categories[i], []).append(tag)
+
+        if self.always_first:
+            firsts = []
+            for key in self.always_first:
+                firsts.extend(t for t in tags if tag_key(t) == key and t not in firsts)
+            tags = firsts + [t for t in tags if t not in firsts]
+        return TagResult(tags, scores, by_category)
