@@ -76,6 +76,14 @@ def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str,
                         help="write caption files into this folder, mirroring the input tree (for read-only datasets)")
     parser.add_argument("--device", type=str, default="auto", help=device_help)
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    add_failures_arg(parser)
+
+
+def add_failures_arg(parser: argparse.ArgumentParser) -> None:
+    """--failures_file: the failed images and why, as JSON Lines."""
+    parser.add_argument("--failures_file", type=str, default=None, metavar="PATH.jsonl",
+                        help="write each failed image and its reason to this JSON Lines file (default: beside "
+                             "--output_path or --ray_output as NAME.failures.jsonl when those are given)")
 
 
 def add_torch_args(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +137,32 @@ def ray_options(args: argparse.Namespace):
                       cpus_per_actor=args.ray_cpus_per_actor, output=Path(args.ray_output) if args.ray_output else None)
 
 
+def failures_file(args: argparse.Namespace):
+    """--failures_file, or NAME.failures.jsonl beside --output_path / --ray_output when one is given; else None."""
+    from pathlib import Path
+
+    if getattr(args, "failures_file", None):
+        return Path(args.failures_file)
+    output = getattr(args, "output_path", None) or getattr(args, "ray_output", None)
+    if not output:
+        return None
+    output = Path(output)
+    stem = output.stem if output.suffix.lower() in (".json", ".jsonl", ".parquet") else output.name
+    return output.with_name(stem + ".failures.jsonl")
+
+
+def result_writer(ray, default: Callable[[], object], resume: bool):
+    """The run's writer: the --ray_output table when given, else `default()` (sidecars or a metadata file)."""
+    if ray is None or ray.output is None:
+        return default()
+    from library.outputs.table import TableOutput
+
+    try:
+        return TableOutput(ray.output, resume)
+    except ValueError as exc:
+        raise FatalError(str(exc)) from None
+
+
 def resolve_caption_extension(args: argparse.Namespace) -> None:
     if getattr(args, "caption_extention", None) is not None:
         args.caption_extension = args.caption_extention
@@ -154,3 +188,21 @@ def run_script(main: Callable[[argparse.Namespace], int], parser: argparse.Argum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def run_captioner(args: argparse.Namespace, make_captioner: Callable, postprocess: Callable | None = None) -> int:
+    """The run of a BLIP/GIT-style script from its common flags: caption, write, print the summary; exit code."""
+    from pathlib import Path
+
+    from finetune import dataset_args
+    from library.captioners.job import CaptionRunConfig, caption_images
+
+    cfg = CaptionRunConfig(
+        train_data_dir=Path(args.train_data_dir), caption_extension=args.caption_extension,
+        output_dir=Path(args.output_dir) if args.output_dir else None, recursive=args.recursive,
+        skip_existing=args.skip_existing, batch_size=args.batch_size, workers=args.max_data_loader_n_workers,
+        debug=args.debug, progress=not args.no_progress, postprocess=postprocess)
+    ray = ray_options(args)
+    summary = caption_images(make_captioner, cfg, ray, failures_file(args), args.device,
+                             result_writer(ray, lambda: None, cfg.skip_existing))
+    return dataset_args.finish_run(summary, args, args.train_data_dir, args.caption_extension)

@@ -24,7 +24,6 @@ from library.joycaption import prompts as jp
 from library.joycaption.generation import Sampling
 from library.joycaption.job import MODES, CaptionTask, DualCaptionConfig, run_dual_caption
 from library.errors import FatalError
-from library.distributed.jobs import dual_caption_ray
 
 logger = logging.getLogger("captionkit")
 DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption.local.DEFAULT_MODEL
@@ -99,6 +98,7 @@ def setup_parser() -> argparse.ArgumentParser:
     _flag(api, "--api_image_size", type=cli.non_negative_int, default=384,
           help="upload images squashed to this square (384, JoyCaption's input); 0 = keep their own size")
     p.add_argument("--debug", action="store_true", help="log every caption")
+    cli.add_failures_arg(p)
     _flag(p, "--no-progress", action="store_true", help="hide the progress bar")
     dataset_args.add_dataset_config_args(p)
     cli.add_ray_args(p)
@@ -149,8 +149,9 @@ def main(args: argparse.Namespace) -> int:
                           top_k=args.top_k, seed=args.seed),
         max_retries=args.max_retries, debug=args.debug, progress=not args.no_progress)
     ray = cli.ray_options(args)
-    outcome = (dual_caption_ray(cfg, backend_factory(args), ray, uses_gpu=not args.api_base and args.device != "cpu")
-               if ray else run_dual_caption(cfg, backend_factory(args)))
+    outcome = run_dual_caption(cfg, backend_factory(args), ray, cli.failures_file(args),
+                               uses_gpu=not args.api_base and args.device != "cpu",
+                               writer=cli.result_writer(ray, lambda: None, not args.overwrite))
     if outcome.warnings:
         print(f"{len(outcome.warnings)} captions hit the token limit and were written anyway")
     return dataset_args.finish_run(outcome.summary, args, args.image_path, args.caption_extension,

@@ -14,14 +14,11 @@ import sys
 
 import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from pathlib import Path
 
 from finetune import cli, dataset_args
 from library.captioners.blip import (DEFAULT_MODEL_ID, SD_SCRIPTS_CAPTION_WEIGHTS, BlipCaptioner,
                                     resolve_model_id)
-from library.captioners.job import CaptionRunConfig, caption_images
 from library.captioners.hf_models import GenerationSettings
-from library.distributed.jobs import caption_images_ray
 from library.backends.torch_device import seed_everything
 
 
@@ -80,20 +77,12 @@ def main(args: argparse.Namespace) -> int:
     model_id = resolve_model_id(args.model_id, args.caption_weights)
     settings = build_settings(args)
     settings.validate()
-    cfg = CaptionRunConfig(
-        train_data_dir=Path(args.train_data_dir), caption_extension=args.caption_extension,
-        output_dir=Path(args.output_dir) if args.output_dir else None, recursive=args.recursive,
-        skip_existing=args.skip_existing, batch_size=args.batch_size, workers=args.max_data_loader_n_workers,
-        debug=args.debug, progress=not args.no_progress)
-
     def make_captioner() -> BlipCaptioner:
         captioner = BlipCaptioner(model_id, settings, prompt=args.prompt, device=args.device, dtype=args.dtype)
         seed_everything(args.seed)  # after loading, so the same seed gives the same captions
         return captioner
 
-    ray = cli.ray_options(args)
-    summary = caption_images_ray(make_captioner, cfg, ray, args.device) if ray else caption_images(make_captioner, cfg)
-    return dataset_args.finish_run(summary, args, args.train_data_dir, args.caption_extension)
+    return cli.run_captioner(args, make_captioner)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,10 @@ import sys
 
 import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
-from pathlib import Path
 
 from finetune import cli, dataset_args
-from library.captioners.job import CaptionRunConfig, caption_images
 from library.captioners.git import DEFAULT_GIT_MODEL_ID, GitCaptioner, remove_words
 from library.captioners.hf_models import GenerationSettings
-from library.distributed.jobs import caption_images_ray
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -44,15 +41,8 @@ def main(args: argparse.Namespace) -> int:
     cli.resolve_caption_extension(args)
     settings = GenerationSettings(sample=False, num_beams=args.num_beams, max_length=args.max_length)
     settings.validate()
-    cfg = CaptionRunConfig(
-        train_data_dir=Path(args.train_data_dir), caption_extension=args.caption_extension,
-        output_dir=Path(args.output_dir) if args.output_dir else None, recursive=args.recursive,
-        skip_existing=args.skip_existing, batch_size=args.batch_size, workers=args.max_data_loader_n_workers,
-        debug=args.debug, progress=not args.no_progress, postprocess=remove_words if args.remove_words else None)
     make = lambda: GitCaptioner(args.model_id, settings, device=args.device, dtype=args.dtype)  # noqa: E731
-    ray = cli.ray_options(args)
-    summary = caption_images_ray(make, cfg, ray, args.device) if ray else caption_images(make, cfg)
-    return dataset_args.finish_run(summary, args, args.train_data_dir, args.caption_extension)
+    return cli.run_captioner(args, make, remove_words if args.remove_words else None)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from finetune import cli, dataset_args
 from library.errors import FatalError
-from library.distributed.jobs import tag_images_ray
 from library.taggers.tag_rules import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement
-from library.taggers.job import TaggerConfig, tag_images
+from library.taggers.job import TaggerConfig, tag_images, tagger_writer
 from library.taggers.wd import DEFAULT_REPO_ID
 
 
@@ -107,7 +106,14 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
 
 def main(args: argparse.Namespace) -> int:
     cfg, ray = build_config(args), cli.ray_options(args)
-    outcome = tag_images_ray(cfg, ray) if ray else tag_images(cfg)
+    if ray is not None and ray.output is not None:
+        if cfg.append_tags:
+            raise FatalError("--append_tags merges into caption files: leave --ray_output out to use it")
+        if cfg.output_path is not None:
+            raise FatalError("--ray_output holds the captions, image sizes and scores: give --output_path or "
+                             "--ray_output, not both")
+    writer = cli.result_writer(ray, lambda: tagger_writer(cfg), cfg.skip_existing)
+    outcome = tag_images(cfg, ray, cli.failures_file(args), writer)
     if args.frequency_tags:
         print("Tag frequencies:")
         for tag, count in outcome.tag_frequency.most_common():

@@ -62,11 +62,13 @@ class Job(ABC):
     """A picklable description of a run's model, built by the script; open() loads it where it runs.
 
     Attributes:
-        verb: the summary's word ('tagged', 'captioned').
+        verb: the summary's word ('tagged', 'captioned'); action and progress_desc: 'tag', 'tagging'.
         uses_gpu: a Ray actor asks for a GPU when the cluster has one.
     """
 
     verb: str = "captioned"
+    action: str = "caption"
+    progress_desc: str = "captioning"
     uses_gpu: bool = True
 
     @abstractmethod

@@ -317,7 +317,7 @@ def test_captioning_scripts_wiring(tmp_path):
     assert len(load(tmp_path / "run.toml")["datasets"][0]["subsets"]) == 3
     writer = MetadataWriter(tmp_path / "tags.json")  # the tagger's --output_path mode
     writer.add(tree["top1"], "1girl, solo", (640, 480))
-    writer.write()
+    writer.close()
     args = argparse.Namespace(dataset_config=str(tmp_path / "meta.toml"), bucket_report=False, recursive=False,
                               output_path=str(tmp_path / "tags.json"), caption_separator=", ")
     dataset_args.after_run(args, tmp_path / "data", ".txt")

@@ -84,7 +84,7 @@ def rows(*specs):
 
 
 def test_a_folder_output_keeps_one_row_per_image_across_reruns(pyarrow, tmp_path):
-    from library.distributed.output import TableOutput, read_rows
+    from library.outputs.table import TableOutput, read_rows
 
     out = tmp_path / "out"
     first = TableOutput(out, resume=True)
@@ -104,7 +104,7 @@ def test_a_folder_output_keeps_one_row_per_image_across_reruns(pyarrow, tmp_path
 
 
 def test_a_single_file_output_is_rewritten_with_earlier_rows_when_resuming(pyarrow, tmp_path):
-    from library.distributed.output import TableOutput, read_rows
+    from library.outputs.table import TableOutput, read_rows
 
     for name in ("out.jsonl", "out.parquet"):
         target = tmp_path / name

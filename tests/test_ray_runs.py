@@ -128,6 +128,24 @@ def test_tagger_folder_with_bad_files_matches_single_machine_and_resumes(cluster
     assert kept.read_text(encoding="utf-8") == "my own edit\n"
 
 
+def test_tagger_metadata_file_is_written_by_the_driver_as_on_one_machine(cluster, model_dir, tmp_path, capsys):
+    """Any writer works on Ray: the --output_path metadata file (a driver-side writer) matches the local run's."""
+    data = tmp_path / "data"
+    real_photos(data, n=3)
+    bad_images(data)
+    common = [data, "--repo_id", "org/tiny", "--model_dir", model_dir, "--max_data_loader_n_workers", 0,
+              "--no_progress"]
+    assert run("tag_images_by_wd14_tagger", common + ["--output_path", tmp_path / "single.json"]) == 0
+    assert run("tag_images_by_wd14_tagger", common + ["--output_path", tmp_path / "ray.json", "--ray"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " skipped " in line]
+    assert len(lines) == 2 and all(line.startswith("tagged 3, skipped 0, failed 5") for line in lines)
+    single = json.loads((tmp_path / "single.json").read_text(encoding="utf-8"))
+    assert len(single) == 3 and json.loads((tmp_path / "ray.json").read_text(encoding="utf-8")) == single
+    failures = [json.loads(line) for line in (tmp_path / "ray.failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 5 and all(row["reason"] for row in failures)
+    assert not any((data / name).exists() for name in ("astronaut.txt", "coffee.txt"))  # no sidecars written
+
+
 def test_tagger_webdataset_shards_to_a_folder_of_shard_files(cluster, model_dir, photos, tagger_reference, tmp_path,
                                                              capsys):
     shards = tmp_path / "shards"

@@ -62,3 +62,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA/MPS out-of-memory error (torch.OutOfMemoryError, or a RuntimeError that says so)."""
+    return "OutOfMemory" in type(exc).__name__ or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_accelerator_memory() -> None:
+    """Return cached GPU memory after an out-of-memory error (best effort, no-op without CUDA)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort only
+        pass

@@ -1,4 +1,4 @@
-"""Caption a folder with any Captioner: discovery, resume, batched generation on the pipeline, sidecars, summary."""
+"""The captioner job (BLIP, BLIP-2, GIT): any Captioner behind the job interface, with OOM fallback and tidy text."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from library.discovery import discover_images
-from library.errors import FatalError
-from library.pipeline import LoadedItem, RunSummary, default_workers, run_batches
-from library.sidecars import SidecarLayout, shared_sidecars, write_captions
+from library.backends.torch_device import free_accelerator_memory, is_out_of_memory
+from library.jobs import ItemResult, Job, Model
+from library.outputs.sidecar import sidecar_writer
+from library.outputs.writer import ResultWriter
+from library.pipeline import LoadedItem, RunSummary
+from library.runner import RunOptions, run
 
 logger = logging.getLogger(__name__)
 
@@ -62,99 +64,80 @@ def clean_caption(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()
-
-
-def _free_accelerator_memory() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort only
-        pass
-
-
 def generate_with_fallback(captioner: Captioner, payloads: Sequence[Any]) -> list[str | BaseException]:
     """Captions for `payloads`; when a batch runs out of memory, retry the images one at a time."""
     try:
         return list(captioner.generate(payloads))
     except Exception as exc:  # noqa: BLE001
-        if not _is_out_of_memory(exc) or len(payloads) == 1:
+        if not is_out_of_memory(exc) or len(payloads) == 1:
             raise
         logger.warning("out of memory on a batch of %d: retrying one image at a time (lower --batch_size)",
                        len(payloads))
-    _free_accelerator_memory()
+    free_accelerator_memory()
     results: list[str | BaseException] = []
     for payload in payloads:
         try:
             results.append(captioner.generate([payload])[0])
         except Exception as exc:  # noqa: BLE001 - that image fails, the run goes on
-            _free_accelerator_memory()
+            free_accelerator_memory()
             results.append(exc)
     return results
 
 
 def caption_batch(captioner: Captioner, batch: Sequence[LoadedItem],
-                  postprocess: Callable[[str], str] | None = None) -> list[tuple[str | None, str | None]]:
-    """(caption, None) or (None, error) per loaded image: generate (OOM fallback), postprocess, tidy, no empties.
-
-    The single-machine run and the Ray actors (library.distributed.jobs) both caption through it.
-    """
+                  postprocess: Callable[[str], str] | None = None) -> list[ItemResult]:
+    """One result per loaded image: generate (OOM fallback), postprocess, tidy; an empty caption is a failure."""
     captions = generate_with_fallback(captioner, [item.data for item in batch])
     if len(captions) != len(batch):
         raise RuntimeError(f"the model returned {len(captions)} captions for {len(batch)} images")
-    out: list[tuple[str | None, str | None]] = []
+    out: list[ItemResult] = []
     for caption in captions:
         if isinstance(caption, BaseException):
-            out.append((None, f"{caption.__class__.__name__}: {caption}"))
+            out.append(ItemResult.failed(f"{caption.__class__.__name__}: {caption}"))
             continue
         caption = clean_caption(postprocess(caption) if postprocess is not None else caption)
-        out.append((caption, None) if caption else (None, "the model produced an empty caption"))
+        out.append(ItemResult(caption) if caption else ItemResult.failed("the model produced an empty caption"))
     return out
 
 
-def caption_images(make_captioner: Callable[[], Captioner], cfg: CaptionRunConfig,
-                   verb: str = "captioned") -> RunSummary:
-    """Caption every image of cfg.train_data_dir and write one sidecar per image.
+class CaptionerModel(Model):
+    """A loaded BLIP / BLIP-2 / GIT captioner as the run loop sees it."""
+
+    def __init__(self, captioner: Captioner, batch_size: int, postprocess: Callable[[str], str] | None):
+        self.captioner, self.loader, self.batch_size = captioner, captioner.preprocess, batch_size
+        self.postprocess = postprocess
+
+    def process(self, items: list[LoadedItem]) -> list[ItemResult]:
+        return caption_batch(self.captioner, items, self.postprocess)
+
+
+@dataclass
+class CaptionerJob(Job):
+    """A BLIP / BLIP-2 / GIT run: each process that runs batches calls make_captioner() once."""
+
+    make_captioner: Callable[[], Captioner]
+    batch_size: int = 1
+    postprocess: Callable[[str], str] | None = None
+    uses_gpu: bool = True
+
+    def open(self) -> CaptionerModel:
+        return CaptionerModel(self.make_captioner(), self.batch_size, self.postprocess)
+
+
+def caption_images(make_captioner: Callable[[], Captioner], cfg: CaptionRunConfig, ray=None,
+                   failures_file: Path | None = None, device: str = "auto",
+                   writer: ResultWriter | None = None) -> RunSummary:
+    """Caption every image of cfg.train_data_dir and write one sidecar per image (on Ray Data when `ray` is given).
 
     Args:
         make_captioner: builds the model; called only when there is something to caption.
         cfg: the run's folders, resume and batching settings.
-        verb: word used in the summary line.
+        writer: where captions go (default: sidecars by cfg.caption_extension / cfg.output_dir).
     Returns:
         The run summary (done, skipped, failed with reasons, speed).
     """
-    images = discover_images(cfg.train_data_dir, cfg.recursive)
-    try:
-        layout = SidecarLayout(cfg.caption_extension, cfg.train_data_dir, cfg.output_dir)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
-    for caption, owners in shared_sidecars(images, layout).items():
-        logger.warning("%s is the caption file of %d images (%s): the last one written wins; rename them "
-                       "to keep both", caption, len(owners), ", ".join(p.name for p in owners))
-    summary = RunSummary(verb=verb)
-    if cfg.skip_existing:
-        todo = [p for p in images if not layout.exists_for(p)]
-        summary.skipped = summary.total = len(images) - len(todo)
-        images = todo
-    logger.info("found %d images to caption (%d skipped)", len(images), summary.skipped)
-    if not images:
-        return summary
-
-    captioner = make_captioner()
-
-    def process(batch: list[LoadedItem]) -> list[str | None]:
-        results = caption_batch(captioner, batch, cfg.postprocess)
-        good = [(item, caption) for item, (caption, error) in zip(batch, results) if error is None]
-        written = iter(write_captions([(layout.path_for(item.path), caption) for item, caption in good]))
-        errors = [error if error is not None else next(written) for _, error in results]
-        if cfg.debug:
-            for item, caption in good:
-                logger.info("%s: %s", item.path, caption)
-        return errors
-
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    return run_batches(images, captioner.preprocess, process, batch_size=cfg.batch_size, workers=workers,
-                       summary=summary, desc="captioning", progress=cfg.progress)
+    job = CaptionerJob(make_captioner, cfg.batch_size, cfg.postprocess, uses_gpu=device != "cpu")
+    opts = RunOptions(cfg.train_data_dir, recursive=cfg.recursive, resume=cfg.skip_existing, workers=cfg.workers,
+                      progress=cfg.progress, debug=cfg.debug, failures_file=failures_file, ray=ray)
+    writer = writer or sidecar_writer(cfg.caption_extension, cfg.train_data_dir, cfg.output_dir)
+    return run(job, writer, opts).summary

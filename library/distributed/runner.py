@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from library.errors import FatalError
-from library.pipeline import RunSummary
 from library.distributed.inputs import RayInput, detect_input, parquet_keys, parquet_table, tar_tables
-from library.distributed.output import TableOutput
-from library.distributed.worker import BatchWorker, RayJob
-from library.sidecars import SidecarLayout, shared_sidecars
+from library.distributed.worker import BatchWorker, row_result
+from library.errors import FatalError
+from library.jobs import Job
+from library.outputs.sidecar import SidecarWriter
+from library.outputs.table import TableOutput
+from library.outputs.writer import ResultWriter
+from library.pipeline import LoadedItem, RunSummary
+from library.runner import RunOptions, RunOutcome, warn_shared_sidecars, write_batch
+from library.sidecars import SidecarLayout
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +46,6 @@ class RayOptions:
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
     output: Path | None = None
-
-
-@dataclass
-class RayOutcome:
-    summary: RunSummary
-    tag_frequency: Counter = field(default_factory=Counter)
-    warnings: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def require_ray():
@@ -122,26 +117,20 @@ class _Plan:
     shards: list[Path] = field(default_factory=list)
 
 
-def _plan(inp: RayInput, output: TableOutput | None, layout: SidecarLayout, resume: bool) -> tuple[_Plan, Any]:
+def _plan(inp: RayInput, writer: ResultWriter, resume: bool) -> tuple[_Plan, Any]:
     """What is left to do, and the dataset of its rows."""
     ray = require_ray()
+    table = writer if isinstance(writer, TableOutput) else None
     if inp.kind == "folder":
-        if output is None:
-            done = {str(p) for p in inp.files if resume and layout.exists_for(p)}
-            todo = [p for p in inp.files if str(p) not in done]
-            items = [{"key": str(p), "path": str(p)} for p in todo]
-        else:
-            done = output.done_keys()
-            items = [{"key": k, "path": str(p)} for p in inp.files if (k := str(p.resolve())) not in done]
+        key = (lambda p: str(p.resolve())) if table is not None else str  # tables key images by absolute path
+        todo = [p for p in inp.files if not (resume and writer.done(p))]
+        items = [{"key": key(p), "path": str(p)} for p in todo]
         plan = _Plan(len(items), len(inp.files) - len(items))
         blocks = max(1, min(20_000, math.ceil(len(items) / MIN_RAY_BATCH)))
         return plan, (ray.data.from_items(items, override_num_blocks=blocks) if items else None)
     if inp.kind == "parquet":
         keys = parquet_keys(inp)
-        if output is None:
-            done = frozenset(k for k in keys if resume and layout.exists_for(k))
-        else:
-            done = frozenset(output.done_keys())
+        done = frozenset(k for k in keys if resume and writer.done(Path(k)))
         plan = _Plan(sum(k not in done for k in keys), sum(k in done for k in keys))
         if not plan.rows:
             return plan, None
@@ -150,14 +139,14 @@ def _plan(inp: RayInput, output: TableOutput | None, layout: SidecarLayout, resu
         return plan, ds.map_batches(parquet_table, batch_format="pyarrow", num_cpus=0.25, fn_kwargs=dict(
             path_column=inp.path_column, data_column=inp.data_column, base=str(inp.base), done=done))
     # tar shards: a folder output skips whole shards whose file exists; a single file skips keys already in it
-    shards = [s for s in inp.files if not output.shard_done(s, inp.root)]
+    shards = [s for s in inp.files if not table.shard_done(s, inp.root)]
     done: frozenset[str] = frozenset()
-    if output.single:
-        done = frozenset(output.done_keys())
+    if table.single:
+        done = frozenset(table.done_keys())
         names = {str(s) for s in shards}
         skipped = sum(k.split(".tar/", 1)[0] + ".tar" in names for k in done)
     else:
-        skipped = sum(output.row_count(output.shard_file(s, inp.root)) for s in inp.files if s not in shards)
+        skipped = sum(table.row_count(table.shard_file(s, inp.root)) for s in inp.files if s not in shards)
     plan = _Plan(None, skipped, shards)
     if not shards:
         return plan, None
@@ -166,7 +155,7 @@ def _plan(inp: RayInput, output: TableOutput | None, layout: SidecarLayout, resu
                                 fn_kwargs={"done": done})
 
 
-def _actor_resources(ray, job: RayJob, opts: RayOptions) -> tuple[int, float, float]:
+def _actor_resources(ray, job: Job, opts: RayOptions) -> tuple[int, float, float]:
     """(actors, GPUs per actor, CPUs per actor) from the flags and the cluster's resources."""
     total = ray.cluster_resources()
     gpus = total.get("GPU", 0.0)
@@ -188,69 +177,79 @@ def _cause(exc: BaseException) -> str:
     return lines[-1] if lines else exc.__class__.__name__
 
 
-def run_job(job: RayJob, source: str | Path, opts: RayOptions, layout: SidecarLayout, *, recursive: bool = False,
-            resume: bool = False, threads: int | None = None, verb: str = "captioned", progress: bool = True,
-            debug: bool = False) -> RayOutcome:
-    """Caption every image of `source` (folder, tar shards, parquet) on the Ray cluster and account for each.
+def run_on_ray(job: Job, writer: ResultWriter, opts: RunOptions) -> RunOutcome:
+    """Run `job` over opts.source (folder, tar shards, parquet) on the Ray cluster and account for each image.
 
-    Args:
-        job: the model and its batch logic (library.distributed.jobs).
-        layout: caption file locations (sidecar output, and --append_tags).
-        resume: skip images that already have a caption file, or a captioned row in --ray_output.
-        threads: image-decoding threads per actor (None: 4).
+    A writer that writes where the model runs (sidecars) is used inside the actors; any other (metadata file,
+    --ray_output table) gets the results here in the driver. opts.workers: decoding threads per actor (None: 4).
     """
-    from tqdm import tqdm
 
-    inp = detect_input(source, recursive)
-    try:
-        output = TableOutput(opts.output, resume) if opts.output else None
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
-    if output is None and (inp.kind == "tar" or inp.data_column):
+    inp = detect_input(opts.source, opts.recursive)
+    table = writer if isinstance(writer, TableOutput) else None
+    if table is None and (inp.kind == "tar" or inp.data_column):
         raise FatalError(f"{inp.root}: images inside {'tar shards' if inp.kind == 'tar' else 'a parquet table'} have "
                          "no folder for caption files: give --ray_output results.parquet (or .jsonl, or a folder)")
-    if inp.kind == "parquet":  # its paths are absolute: mirror them under --output_dir from the table's folder
-        layout = SidecarLayout(layout.extension, inp.base, layout.output_dir)
-    if output is None and inp.kind == "folder":
-        for caption, owners in shared_sidecars(inp.files, layout).items():
-            logger.warning("%s is the caption file of %d images (%s): the last one written wins; rename them "
-                           "to keep both", caption, len(owners), ", ".join(p.name for p in owners))
-    ray = connect(opts.address)  # before any dataset: Ray Data would start a cluster without our runtime_env
-    outcome = RayOutcome(RunSummary(verb=verb))
+    if isinstance(writer, SidecarWriter):
+        if inp.kind == "parquet":  # its paths are absolute: mirror them under --output_dir from the table's folder
+            writer = SidecarWriter(SidecarLayout(writer.layout.extension, inp.base, writer.layout.output_dir),
+                                   writer.merge)
+        elif inp.kind == "folder":
+            warn_shared_sidecars(inp.files, writer.layout)
+    ray = connect(opts.ray.address)  # before any dataset: Ray Data would start a cluster without our runtime_env
+    outcome = RunOutcome(RunSummary(verb=job.verb))
     summary = outcome.summary
-    plan, ds = _plan(inp, output, layout, resume)
-    summary.skipped = summary.total = plan.skipped
-    summary.total += plan.rows or 0
-    logger.info("%s input %s: %s to do, %d skipped", inp.kind, inp.root,
-                plan.rows if plan.rows is not None else f"{len(plan.shards)} shards", plan.skipped)
-    if ds is None:
-        if output is not None:
-            output.close()
-        return outcome
-    actors, gpus, cpus = _actor_resources(ray, job, opts)
-    logger.info("running %d actor%s (%g GPU, %g CPU each)", actors, "s" * (actors > 1), gpus, cpus)
-    ray_batch = max(MIN_RAY_BATCH, job.batch_size or 0)
-    ds = ds.map_batches(BatchWorker, batch_size=ray_batch, batch_format="pyarrow",
-                        fn_constructor_args=(job, layout, output is None, 4 if threads is None else threads,
-                                             os.getcwd()),
-                        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus or None, num_cpus=cpus)
+    try:
+        plan, ds = _plan(inp, writer, opts.resume)
+        summary.skipped = summary.total = plan.skipped
+        summary.total += plan.rows or 0
+        logger.info("%s input %s: %s to do, %d skipped", inp.kind, inp.root,
+                    plan.rows if plan.rows is not None else f"{len(plan.shards)} shards", plan.skipped)
+        if ds is None:
+            return outcome
+        actors, gpus, cpus = _actor_resources(ray, job, opts.ray)
+        logger.info("running %d actor%s (%g GPU, %g CPU each)", actors, "s" * (actors > 1), gpus, cpus)
+        in_actor = writer if writer.in_worker else None
+        ds = ds.map_batches(BatchWorker, batch_size=MIN_RAY_BATCH, batch_format="pyarrow",
+                            fn_constructor_args=(job, in_actor, 4 if opts.workers is None else opts.workers,
+                                                 os.getcwd()),
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus or None, num_cpus=cpus)
+        _stream(ds, job, writer if in_actor is None else None, inp, plan, outcome, opts)
+    finally:
+        writer.close()
+    return outcome
+
+
+def _stream(ds, job: Job, writer: ResultWriter | None, inp: RayInput, plan: _Plan, outcome: RunOutcome,
+            opts: RunOptions) -> None:
+    """Take the actors' result rows as they come: write them here when the writer lives in the driver, account."""
+    from tqdm import tqdm
+
+    summary = outcome.summary
+    table = writer if isinstance(writer, TableOutput) else None
     start = time.perf_counter()
-    bar = tqdm(total=plan.rows, desc=verb, unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=plan.rows, desc=job.progress_desc, unit="img", disable=not opts.progress, dynamic_ncols=True)
     pending: dict[str, list[dict]] = {}
     seen_shards: set[str] = set()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                _account(outcome, row, debug)
+            rows = batch.to_pylist()
+            results = [row_result(row) for row in rows]
+            if table is not None:
+                for row, res in zip(rows, results):
+                    _collect(table, inp, row, res, pending, seen_shards)
+            elif writer is not None:
+                items = [LoadedItem(Path(row["key"]), size=tuple(row["image_size"]) if row["image_size"] else None)
+                         for row in rows]
+                results = write_batch(writer, items, results)
+            for row, res in zip(rows, results):
+                outcome.account(job, Path(row["key"]), res, opts.debug)
                 if plan.rows is None:
                     summary.total += 1
-                if output is not None:
-                    _collect(output, inp, row, pending, seen_shards)
                 bar.update(1)
-        if output is not None and inp.kind == "tar":
+        if table is not None and inp.kind == "tar":
             for shard in plan.shards:  # shards without images still get their (empty) file
-                if str(shard) not in seen_shards and not output.single:
-                    output.add_shard(shard, inp.root, [])
+                if str(shard) not in seen_shards and not table.single:
+                    table.add_shard(shard, inp.root, [])
     except KeyboardInterrupt:
         summary.interrupted = True
         logger.warning("interrupted: stopping after the results already written (no file is left half-written)")
@@ -261,36 +260,17 @@ def run_job(job: RayJob, source: str | Path, opts: RayOptions, layout: SidecarLa
     finally:
         bar.close()
         summary.seconds += time.perf_counter() - start
-        if output is not None:
-            output.close()
-    return outcome
 
 
 def _is_ray_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("ray")
 
 
-def _account(outcome: RayOutcome, row: dict, debug: bool) -> None:
-    summary = outcome.summary
-    path = Path(row["key"])
-    if row["error"]:
-        summary.failures.append((path, row["error"]))
-        logger.error("%s: %s", path, row["error"])
-        return
-    summary.done += 1
-    outcome.tag_frequency.update(row["tags"] or [])
-    for warning in row["warnings"] or []:
-        outcome.warnings.append((path, warning))
-        logger.warning("%s: %s", path, warning)
-    if debug:
-        logger.info("%s: %s", path, row["caption"])
-
-
-def _collect(output: TableOutput, inp: RayInput, row: dict, pending: dict[str, list[dict]],
+def _collect(output: TableOutput, inp: RayInput, row: dict, result, pending: dict[str, list[dict]],
              seen_shards: set[str]) -> None:
     """Hand a result row to the table output; a tar shard's rows go out together once all have arrived."""
-    out = {"image_path": row["key"], "caption": row["caption"], "image_size": row["image_size"],
-           "scores": json.loads(row["scores"]) if row["scores"] else None, "error": row["error"]}
+    out = {"image_path": row["key"], "caption": result.caption, "image_size": row["image_size"],
+           "scores": result.scores, "error": result.error}
     if inp.kind != "tar" or output.single:
         output.add(out)
         return

@@ -1,4 +1,4 @@
-"""Dual captioning run: per image a tag line and a description from one JoyCaption backend, retries, atomic sidecars."""
+"""The dual-caption job: per image a tag line and a description from one JoyCaption backend, with retries."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from library.joycaption.generation import GLITCH_TEXT, CaptionJob, Generation, Sampling, glitch_reason, one_line
-from library.discovery import discover_images
 from library.errors import FatalError
-from library.pipeline import LoadedItem, RunSummary, run_batches
-from library.sidecars import SidecarLayout, write_captions
+from library.jobs import ItemResult, Job, Model
+from library.outputs.sidecar import sidecar_writer
+from library.outputs.writer import ResultWriter
+from library.pipeline import LoadedItem
+from library.runner import RunOptions, RunOutcome, run
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +65,6 @@ class DualCaptionConfig:
     max_retries: int = 2
     debug: bool = False
     progress: bool = True
-
-
-@dataclass
-class DualCaptionOutcome:
-    summary: RunSummary
-    warnings: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def pick_attempt(attempts: list[Generation | str]) -> tuple[Generation | None, str | None, str | None]:
@@ -129,62 +125,58 @@ def caption_batch(backend: Backend, items: list[LoadedItem], tasks: Sequence[Cap
     return results
 
 
-def run_dual_caption(cfg: DualCaptionConfig, make_backend: Callable[[], Backend]) -> DualCaptionOutcome:
-    """Caption every image under cfg.image_path that needs it; the backend is built only when there is work.
+class DualCaptionModel(Model):
+    """A JoyCaption backend (local model or API client) with the run's caption tasks, sampling and retries."""
+
+    def __init__(self, backend: Backend, cfg: DualCaptionConfig):
+        self.backend, self.cfg, self.loader = backend, cfg, backend.loader()
+        self.batch_size = cfg.batch_size or backend.images_per_batch([t.prompt for t in cfg.tasks],
+                                                                     max(t.max_new_tokens for t in cfg.tasks))
+
+    def process(self, items: list[LoadedItem]) -> list[ItemResult]:
+        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries)
+        return [ItemResult("\n".join(captions) if captions is not None else None, error, warnings=warnings,
+                           details={"captions": captions} if captions is not None else None)
+                for captions, error, warnings in results]
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass
+class DualCaptionJob(Job):
+    """A JoyCaption run; make_backend loads the model or checks the server (once per process that runs batches)."""
+
+    cfg: DualCaptionConfig
+    make_backend: Callable[[], Backend]
+    uses_gpu: bool = True
+
+    def open(self) -> DualCaptionModel:
+        return DualCaptionModel(self.make_backend(), self.cfg)
+
+    def debug_lines(self, path: Path, result: ItemResult) -> list[str]:
+        captions = (result.details or {}).get("captions") or [result.caption]
+        return [f"{path} [{task.name}]: {text}" for task, text in zip(self.cfg.tasks, captions)]
+
+
+def run_dual_caption(cfg: DualCaptionConfig, make_backend: Callable[[], Backend], ray=None,
+                     failures_file: Path | None = None, uses_gpu: bool = True,
+                     writer: ResultWriter | None = None) -> RunOutcome:
+    """Caption every image under cfg.image_path that needs it (on Ray Data when `ray` is given).
 
     Args:
         cfg: the run's settings.
-        make_backend: builds the backend (loads the model or checks the server).
+        make_backend: builds the backend (loads the model or checks the server); called only when there is work.
+        writer: where captions go (default: sidecars by cfg.caption_extension / cfg.output_dir).
     """
     if not cfg.tasks:
         raise FatalError("nothing to generate: no caption task")
-    images = discover_images(cfg.image_path, cfg.recursive)
-    try:
-        layout = SidecarLayout(cfg.caption_extension, cfg.image_path, cfg.output_dir)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
-    outcome = DualCaptionOutcome(RunSummary(verb="captioned"))
-    summary = outcome.summary
-    if not cfg.overwrite:
-        todo = [p for p in images if not layout.exists_for(p)]
-        summary.skipped = summary.total = len(images) - len(todo)
-        if summary.skipped:
-            logger.info("%d images already have a %s file (use --overwrite to redo them)", summary.skipped,
-                        layout.extension)
-        images = todo
-    logger.info("found %d images to caption", len(images))
-    if not images:
-        return outcome
-
-    backend = make_backend()
-    prompts = [t.prompt for t in cfg.tasks]
-    batch_size = cfg.batch_size or backend.images_per_batch(prompts, max(t.max_new_tokens for t in cfg.tasks))
-
-    def process(batch: list[LoadedItem]) -> list[str | None]:
-        results = caption_batch(backend, batch, cfg.tasks, cfg.sampling, cfg.max_retries)
-        written = iter(write_captions([(layout.path_for(item.path), "\n".join(captions))
-                                       for item, (captions, _, _) in zip(batch, results) if captions is not None]))
-        errors: list[str | None] = []
-        for item, (captions, error, warnings) in zip(batch, results):
-            error = error if captions is None else next(written)
-            errors.append(error)
-            if error is not None:
-                continue
-            for w in warnings:
-                outcome.warnings.append((item.path, w))
-                logger.warning("%s: %s", item.path, w)
-            if cfg.debug:
-                for task, text in zip(cfg.tasks, captions):
-                    logger.info("%s [%s]: %s", item.path, task.name, text)
-        return errors
-
-    try:
-        run_batches(images, backend.loader(), process, batch_size=batch_size, workers=cfg.workers,
-                    summary=summary, desc="captioning", progress=cfg.progress)
-    finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+    opts = RunOptions(cfg.image_path, recursive=cfg.recursive, resume=not cfg.overwrite, workers=cfg.workers,
+                      progress=cfg.progress, debug=cfg.debug, failures_file=failures_file, ray=ray)
+    writer = writer or sidecar_writer(cfg.caption_extension, cfg.image_path, cfg.output_dir)
+    outcome = run(DualCaptionJob(cfg, make_backend, uses_gpu), writer, opts)
     if outcome.warnings:
         logger.warning("%d captions were written although they hit the token limit (raise --*-max-new-tokens "
                        "or check them)", len(outcome.warnings))

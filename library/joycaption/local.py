@@ -14,6 +14,7 @@ from PIL import Image
 from library.joycaption.generation import CaptionJob, Generation, Sampling
 from library.errors import FatalError
 from library.backends.hf_loading import load_pretrained
+from library.backends.torch_device import free_accelerator_memory, is_out_of_memory
 from library.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
 
@@ -100,13 +101,6 @@ def row_bytes(text_config, seq_len: int, width: int = 2) -> int:
     activations = seq_len * (3 * text_config.intermediate_size + 6 * text_config.hidden_size) * width
     attention = seq_len * seq_len * text_config.num_attention_heads * width  # eager/math attention in the prefill
     return int(kv + activations + attention)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def _dtype_kwarg() -> str:
@@ -366,10 +360,9 @@ class LocalJoyCaption:
                 parts.append(run(slice(start, stop)))
                 start = stop
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
-                if not _is_oom(exc) or size == 1:
+                if not is_out_of_memory(exc) or size == 1:
                     raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                free_accelerator_memory()
                 size = max(1, size // 2)
                 self.batch_size = size
                 logger.warning("out of GPU memory: batch size halved to %d", size)

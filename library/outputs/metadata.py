@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
+from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import atomic_write_text
 
+logger = logging.getLogger(__name__)
 
-class MetadataWriter:
-    """Collects one entry per image (absolute path keys) and writes the file atomically.
+class MetadataWriter(ResultWriter):
+    """Collects one entry per image (absolute path keys) and writes the file atomically when closed.
 
     Args:
         path: output file; a name ending in .jsonl gives JSON Lines, anything else JSON.
@@ -40,14 +43,24 @@ class MetadataWriter:
     def key(image_path: str | os.PathLike) -> str:
         return str(Path(image_path).resolve())
 
-    def has(self, image_path: str | os.PathLike) -> bool:
+    def done(self, image_path: str | os.PathLike) -> bool:
         return self.key(image_path) in self.entries
+
+    def write(self, rows: list[ResultRow]) -> list[str | None]:
+        for row in rows:
+            self.add(row.path, row.result.caption, row.size, row.result.scores)
+        return [None] * len(rows)
+
+    def close(self) -> None:
+        self.save()
+        logger.info("captions saved to %s", self.path)
 
     def add(self, image_path, caption: str, image_size, scores: dict[str, float] | None = None) -> None:
         self.entries[self.key(image_path)] = {"tags": caption, "image_size": list(image_size) if image_size else None,
                                               "scores": scores}
 
-    def write(self) -> None:
+    def save(self) -> None:
+        """Write the collected entries (atomically)."""
         if self.jsonl:
             lines = []
             for path, e in self.entries.items():

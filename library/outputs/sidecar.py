@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from library.errors import FatalError
 from library.jobs import ItemResult
 from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import SidecarLayout, read_caption, write_captions
@@ -51,3 +52,12 @@ class SidecarWriter(ResultWriter):
         for (i, _, _), error in zip(todo, write_captions([(target, text) for _, target, text in todo])):
             errors[i] = error
         return errors
+
+
+def sidecar_writer(extension: str, input_root, output_dir=None, merge: Merge | None = None) -> SidecarWriter:
+    """A SidecarWriter for the run's flags; a bad --caption_extension is a fatal error."""
+    try:
+        layout = SidecarLayout(extension, input_root, output_dir)
+    except ValueError as exc:
+        raise FatalError(str(exc)) from None
+    return SidecarWriter(layout, merge)

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ def read_rows(path: Path) -> list[dict]:
         return []
 
 
-class TableOutput:
-    """Where --ray_output results go and what an earlier run already did.
+class TableOutput(ResultWriter):
+    """Where --ray_output results go and what an earlier run already did (a result writer living in the driver).
 
     Args:
         target: a .parquet or .jsonl file, or a folder (per-shard parquet files).
@@ -93,11 +94,26 @@ class TableOutput:
         if not self.single and self.target.is_file():
             raise ValueError(f"--ray_output {self.target} is a file: name it .parquet or .jsonl, or give a folder")
         self.old_files = self._existing_files()
+        self._done: set[str] | None = None
 
     def _existing_files(self) -> list[Path]:
         if self.single:
             return [self.target] if self.target.is_file() else []
         return sorted(self.target.rglob("*.parquet")) if self.target.is_dir() else []
+
+    keeps_failures = True  # a failed image gets a row with its error (and is tried again on resume)
+
+    def done(self, image_path: Path) -> bool:
+        if self._done is None:
+            self._done = self.done_keys()
+        return str(image_path) in self._done or str(Path(image_path).resolve()) in self._done
+
+    def write(self, rows: list[ResultRow]) -> list[str | None]:
+        for row in rows:
+            self.add({"image_path": str(Path(row.path).resolve()), "caption": row.result.caption,
+                      "image_size": list(row.size) if row.size else None, "scores": row.result.scores,
+                      "error": row.result.error})
+        return [None] * len(rows)
 
     def done_keys(self) -> set[str]:
         """Keys an earlier run captioned (rows with an error are tried again)."""
