@@ -80,7 +80,10 @@ def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str,
 
 
 def add_failures_arg(parser: argparse.ArgumentParser) -> None:
-    """--failures_file: the failed images and why, as JSON Lines."""
+    """--failures_file (the failed images and why, as JSON Lines) and --profile."""
+    parser.add_argument("--profile", action="store_true",
+                        help="at the end, print where the time went (waiting for images, model, writing) and what "
+                             "to change (also with --debug)")
     parser.add_argument("--failures_file", type=str, default=None, metavar="PATH.jsonl",
                         help="write each failed image and its reason to this JSON Lines file (default: beside "
                              "--output_path or --ray_output as NAME.failures.jsonl when those are given)")

@@ -76,6 +76,9 @@ def finish_run(summary, args: argparse.Namespace, image_root: str | Path, captio
     """Print a run's summary, then (unless it was interrupted) its dataset config and bucket report; exit code."""
     for line in summary.lines():
         print(line)
+    if getattr(args, "profile", False) or getattr(args, "debug", False):
+        for line in summary.clock.lines(summary.seconds, summary.done + summary.failed):
+            print(line)
     if summary.interrupted:
         return cli.EXIT_INTERRUPTED
     for line in after_run(args, image_root, caption_extension, multiline):

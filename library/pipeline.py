@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from library.errors import FatalError
 from library.image_io import ImageLoadError
+from library.profiling import StageClock
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class RunSummary:
     failures: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    clock: StageClock = field(default_factory=StageClock)
 
     @property
     def failed(self) -> int:
@@ -151,8 +153,13 @@ def run_batches(paths: Sequence[Path], loader: Callable, process_batch: Callable
         bar.update(len(batch))
         batch.clear()
 
+    loaded = iter(iter_loaded(paths, loader, workers))
     try:
-        for item in iter_loaded(paths, loader, workers):
+        while True:
+            with summary.clock.stage("receive"):
+                item = next(loaded, None)
+            if item is None:
+                break
             if item.error:
                 summary.failures.append((item.path, item.error))
                 logger.error("%s: %s", item.path, item.error)
@@ -167,6 +174,7 @@ def run_batches(paths: Sequence[Path], loader: Callable, process_batch: Callable
         summary.interrupted = True
         logger.warning("interrupted: stopping after the files already written (no file is left half-written)")
     finally:
+        loaded.close()  # stops the worker processes now, also after Ctrl-C
         bar.close()
         summary.seconds += time.perf_counter() - start
     return summary

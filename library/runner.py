@@ -123,7 +123,10 @@ def run(job: Job, writer: ResultWriter, opts: RunOptions) -> RunOutcome:
             model = job.open()
 
             def process(batch: list[LoadedItem]) -> list[str | None]:
-                results = write_batch(writer, batch, process_batch(model, batch))
+                with summary.clock.stage("model"):
+                    results = process_batch(model, batch)
+                with summary.clock.stage("write"):
+                    results = write_batch(writer, batch, results)
                 for item, res in zip(batch, results):
                     outcome.account(job, item.path, res, opts.debug, count=False)  # run_batches counts
                 return [res.error for res in results]

@@ -115,3 +115,27 @@ def test_tagger_failures_file_beside_output_path(tmp_path, model_dir):
     r = run_script(SCRIPT, data, "--repo_id", "org/tiny", "--model_dir", model_dir, "--failures_file", explicit,
                    "--max_data_loader_n_workers", "0", cwd=tmp_path)
     assert r.returncode == 0 and len(read_failures(explicit)) == len(failed)
+
+
+def test_profile_reports_where_the_time_went(tmp_path, model_dir):
+    data = tmp_path / "data"
+    real_photos(data, n=3)
+    r = run_script(SCRIPT, data, "--repo_id", "org/tiny", "--model_dir", model_dir, "--profile",
+                   "--max_data_loader_n_workers", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("time: "))
+    shares = [int(part.rsplit(" ", 1)[1].rstrip("%")) for part in head[len("time: "):].split(", ")]
+    assert len(shares) == 4 and 97 <= sum(shares) <= 103
+    assert any(line.startswith("main-process CPU per image: receive ") for line in lines)
+    assert any(line.startswith("advice: ") and "-bound" in line for line in lines)
+    quiet = run_script(SCRIPT, data, "--repo_id", "org/tiny", "--model_dir", model_dir, "--skip_existing", cwd=tmp_path)
+    assert quiet.returncode == 0 and "time: " not in quiet.stdout  # nothing ran: nothing to report
+
+
+def test_advice_names_the_bottleneck():
+    from library.profiling import advice
+
+    assert advice({"receive": 0.7, "model": 0.2, "write": 0.05}).startswith("decode-bound")
+    assert advice({"receive": 0.1, "model": 0.8, "write": 0.05}).startswith("model-bound")
+    assert advice({"receive": 0.1, "model": 0.2, "write": 0.6}).startswith("write-bound")
