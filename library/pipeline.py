@@ -126,7 +126,8 @@ def run_batches(paths: Sequence[Path], loader: Callable, process_batch: Callable
     """Load `paths`, call `process_batch` on each batch of good items, and account for every image.
 
     Args:
-        process_batch: gets up to batch_size good LoadedItems; returns one error string or None per item.
+        process_batch: gets up to batch_size good LoadedItems; returns one error string or None per item, or
+            None when it accounts for the batch itself (in summary, possibly later from another thread).
         summary: filled in place (done, failures, seconds, interrupted) and returned.
     """
     from tqdm import tqdm
@@ -138,7 +139,12 @@ def run_batches(paths: Sequence[Path], loader: Callable, process_batch: Callable
 
     def flush() -> None:
         try:
-            errors = list(process_batch(batch))
+            errors = process_batch(batch)
+            if errors is None:  # the caller accounts for these images
+                bar.update(len(batch))
+                batch.clear()
+                return
+            errors = list(errors)
         except FatalError:
             raise  # the run cannot go on (bad key, broken model): not a per-image failure
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole; the run goes on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,15 +17,22 @@ class StageClock:
 
     wall: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @contextmanager
-    def stage(self, name: str):
-        wall, cpu = time.perf_counter(), time.thread_time()
+    def stage(self, name: str, wall: bool = True):
+        """Time the block as `name`: wall time (unless wall=False: work in a helper thread that overlaps the main
+        thread) and the CPU time of the calling thread."""
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
+            self.add(name, time.perf_counter() - wall0 if wall else 0.0, time.thread_time() - cpu0)
+
+    def add(self, name: str, wall: float, cpu: float) -> None:
+        with self._lock:
+            self.wall[name] = self.wall.get(name, 0.0) + wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + cpu
 
     def lines(self, total_seconds: float, images: int) -> list[str]:
         """The --profile report: share of wall time per stage, main-process CPU per image, one line of advice."""
@@ -34,7 +42,7 @@ class StageClock:
         other = max(0.0, 1.0 - sum(shares.values()))
         head = "time: " + ", ".join(f"{STAGE_TEXT[s]} {100 * shares[s]:.0f}%" for s in STAGES) + \
             f", other {100 * other:.0f}%"
-        per_image = {s: 1000 * self.cpu.get(s, 0.0) / images for s in STAGES}
+        per_image = {s: 1000 * self.cpu.get(s, 0.0) / images for s in STAGES}  # "write": the writer thread
         cpu = ("main-process CPU per image: " + ", ".join(f"{s} {per_image[s]:.2f} ms" for s in STAGES)
                + f" (total {sum(per_image.values()):.2f} ms)")
         return [head, cpu, "advice: " + advice(shares)]

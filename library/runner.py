@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import threading
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,44 @@ def write_batch(writer: ResultWriter, items: list, results: list[ItemResult]) ->
     return out
 
 
+class BackgroundWrites:
+    """Writes and accounts for batches in one helper thread, so batch k is written while batch k+1 runs.
+
+    At most `depth` batches wait for their files; the main thread waits (timed as "write") only beyond that.
+    """
+
+    def __init__(self, job: Job, writer: ResultWriter, outcome: RunOutcome, debug: bool, depth: int = 2):
+        self.job, self.writer, self.outcome, self.debug, self.depth = job, writer, outcome, debug, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="result-writer")
+        self.pending: deque = deque()
+        self.lock = threading.Lock()
+
+    def submit(self, items: list, results: list[ItemResult]) -> None:
+        while len(self.pending) >= self.depth:
+            self._wait_oldest()
+        self.pending.append(self.pool.submit(self._write, items, results))
+
+    def _write(self, items: list, results: list[ItemResult]) -> None:
+        clock = self.outcome.summary.clock
+        with clock.stage("write", wall=False):
+            results = write_batch(self.writer, items, results)
+            with self.lock:
+                for item, res in zip(items, results):
+                    self.outcome.account(self.job, item.path, res, self.debug)
+
+    def _wait_oldest(self) -> None:
+        with self.outcome.summary.clock.stage("write"):
+            self.pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every submitted batch (also after Ctrl-C: files in flight are finished, never half-written)."""
+        try:
+            while self.pending:
+                self._wait_oldest()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def _finish(outcome: RunOutcome, opts: RunOptions) -> None:
     if opts.failures_file is not None and (outcome.summary.failures or opts.failures_file.exists()):
         write_failures(opts.failures_file, outcome.summary.failures)
@@ -118,25 +158,27 @@ def run(job: Job, writer: ResultWriter, opts: RunOptions) -> RunOutcome:
         images = todo
     logger.info("found %d images to %s (%d skipped)", len(images), job.action, summary.skipped)
     model: Model | None = None
+    writes: BackgroundWrites | None = None
     try:
         if images:
             model = job.open()
+            writes = BackgroundWrites(job, writer, outcome, opts.debug)
 
-            def process(batch: list[LoadedItem]) -> list[str | None]:
+            def process(batch: list[LoadedItem]) -> None:
                 with summary.clock.stage("model"):
                     results = process_batch(model, batch)
-                with summary.clock.stage("write"):
-                    results = write_batch(writer, batch, results)
-                for item, res in zip(batch, results):
-                    outcome.account(job, item.path, res, opts.debug, count=False)  # run_batches counts
-                return [res.error for res in results]
+                writes.submit(list(batch), results)  # accounted for when written
 
             workers = default_workers() if opts.workers is None else opts.workers
             run_batches(images, model.loader, process, batch_size=max(1, model.batch_size), workers=workers,
                         summary=summary, desc=job.progress_desc, progress=opts.progress)
     finally:
-        writer.close()
-        if model is not None:
-            model.close()
+        try:
+            if writes is not None:
+                writes.drain()
+        finally:
+            writer.close()
+            if model is not None:
+                model.close()
     _finish(outcome, opts)
     return outcome
