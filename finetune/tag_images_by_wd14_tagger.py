@@ -1,4 +1,4 @@
-"""Tag images with a WD tagger (SmilingWolf v2/v3, cl_tagger) and write Danbooru-style caption files.
+"""Tag images with a WD-style tagger (SmilingWolf v2/v3, cl_tagger, PixAI, Camie v2) and write Danbooru-style captions.
 
 A drop-in for sd-scripts' finetune/tag_images_by_wd14_tagger.py: same flags, same files, its bugs fixed.
 Example:
@@ -17,17 +17,30 @@ from pathlib import Path
 
 from finetune import cli, dataset_args
 from library.errors import FatalError
-from library.taggers.tag_rules import THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement
+from library.taggers.layouts import list_models_text
+from library.taggers.tag_rules import DEFAULT_THRESHOLD, THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement
 from library.taggers.job import TaggerConfig, tag_images, tagger_writer
 from library.taggers.wd import DEFAULT_REPO_ID
+
+
+class ListModels(argparse.Action):
+    """--list_models: print the known taggers and exit (like --help, before the image folder is required)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(list_models_text())
+        parser.exit()
 
 
 def setup_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images to tag (or one image file)")
+    p.add_argument("--list_models", action=ListModels, help="list known taggers (repo id, layout, size, licence) and exit")
     p.add_argument("--repo_id", type=str, default=DEFAULT_REPO_ID,
-                   help="hub id 'org/name' or 'org/name/subfolder' (cl_tagger layout), or a local model folder "
-                        f"(default {DEFAULT_REPO_ID})")
+                   help="hub id 'org/name' or 'org/name/subfolder' (cl_tagger layout), or a local model folder; "
+                        f"the layout is detected from its files (default {DEFAULT_REPO_ID}; see --list_models)")
     p.add_argument("--model_dir", type=str, default="wd14_tagger_model",
                    help="where models are kept, as <model_dir>/<org>_<name>/ (default wd14_tagger_model)")
     p.add_argument("--force_download", action="store_true", help="download the model files again")
@@ -40,7 +53,9 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_path", type=str, default=None,
                    help="write captions to this .json (sd-scripts metadata) or .jsonl file (with scores) "
                         "instead of caption files")
-    p.add_argument("--thresh", type=float, default=0.35, help="confidence threshold for a tag (default 0.35)")
+    p.add_argument("--thresh", type=float, default=None,
+                   help="confidence threshold for a tag (default: the model's own per-category thresholds where it "
+                        f"has them (PixAI), else {DEFAULT_THRESHOLD})")
     for cat in THRESHOLD_CATEGORIES:
         p.add_argument(f"--{cat}_threshold", type=float, default=None,
                        help=f"threshold for {cat} tags (default: --thresh; above 1 disables them)")
@@ -84,8 +99,10 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         parse_tag_replacement(args.tag_replacement)
     except ValueError as exc:
         raise FatalError(str(exc)) from None
-    thresholds = {c: (getattr(args, f"{c}_threshold") if getattr(args, f"{c}_threshold") is not None else args.thresh)
-                  for c in THRESHOLD_CATEGORIES}
+    # only the thresholds the user gave: the others come from the model (PixAI's thresholds.csv) or default to 0.35
+    given = {c: getattr(args, f"{c}_threshold") if getattr(args, f"{c}_threshold") is not None else args.thresh
+             for c in THRESHOLD_CATEGORIES}
+    thresholds = {c: value for c, value in given.items() if value is not None}
     options = TagOptions(
         caption_separator=args.caption_separator, thresholds=thresholds, general_mcut=args.general_mcut,
         character_mcut=args.character_mcut, remove_underscore=args.remove_underscore,

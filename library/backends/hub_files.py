@@ -67,6 +67,24 @@ def missing_files(folder: Path, files: Sequence[str]) -> list[str]:
     return [f for f in files if not (folder / f).is_file() or (folder / f).stat().st_size == 0]
 
 
+def list_repo_files(location: ModelLocation) -> list[str] | None:
+    """Paths of the files in the location's hub repository (relative to its subfolder), or None when the hub
+    cannot tell: a local folder, offline mode, no network, no such repository."""
+    if location.repo_id is None:
+        return None
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        files = HfApi().list_repo_files(location.repo_id)
+    except Exception as exc:  # noqa: BLE001 - a listing only guides the download; its failure is reported there
+        logger.debug("cannot list %s on the hub: %s", location.repo_id, exc)
+        return None
+    prefix = f"{location.subfolder}/" if location.subfolder else ""
+    return [f[len(prefix):] for f in files if f.startswith(prefix)]
+
+
 def download_files(location: ModelLocation, files: Sequence[str], force: bool = False) -> None:
     """Fetch `files` of the location's repository into its folder with the real huggingface_hub client.
 

@@ -175,7 +175,9 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto", f
 
 
 class OnnxRunner:
-    """A session plus its input name and shape (None for symbolic dimensions); `run` returns the first output.
+    """A session plus its input name and shape (None for symbolic dimensions); `run` returns one output.
+
+    That output is the first one unless `select_output` names another (PixAI's 'prediction', Camie's refined logits).
 
     On a GPU provider the batch goes through IO binding: the input is copied to the device once and only the
     first output comes back, instead of every output the graph declares.
@@ -187,12 +189,17 @@ class OnnxRunner:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
-        output = self.session.get_outputs()[0]
-        self.output_name = output.name
-        self.output_size = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.select_output(0)
         self.provider = self.session.get_providers()[0]
         self.on_gpu = self.provider != "CPUExecutionProvider"
         self.io_binding = self.on_gpu if io_binding is None else io_binding
+
+    def select_output(self, which: int | str) -> None:
+        """Make `run` return the output of this index or name."""
+        output = self.session.get_outputs()[which if isinstance(which, int) else self.output_names.index(which)]
+        self.output_name = output.name
+        self.output_size = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if not self.io_binding:

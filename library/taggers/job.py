@@ -17,7 +17,6 @@ from library.outputs.writer import ResultWriter
 from library.pipeline import LoadedItem
 from library.runner import RunOptions, RunOutcome, run
 from library.sidecars import split_caption
-from library.taggers.preprocess import SquareImageLoader
 from library.taggers.tag_rules import TagOptions, TagSelector, tag_key
 from library.taggers.wd import DEFAULT_REPO_ID, WDTagger
 
@@ -83,7 +82,7 @@ class TaggerModel(Model):
             logger.warning("the model has a fixed batch size of %d: using it instead of --batch_size %d",
                            self.tagger.fixed_batch, self.batch_size)
             self.batch_size = self.tagger.fixed_batch
-        self.loader = SquareImageLoader(self.tagger.image_size, cfg.fast_decode)
+        self.loader = self.tagger.image_loader(cfg.fast_decode)
 
     def process(self, items: list[LoadedItem]) -> list[ItemResult]:
         probs = self.tagger.predict(np.stack([item.data for item in items]))

@@ -13,6 +13,7 @@ KAOMOJI = frozenset(
     "0_0 (o)_(o) +_+ +_- ._. <o>_<o> <|>_<|> =_= >_< 3_3 6_9 >_o @_@ ^_^ o_o u_u x_x |_| ||_||".split()
 )
 THRESHOLD_CATEGORIES = ("general", "character", "copyright", "artist", "meta", "model")
+DEFAULT_THRESHOLD = 0.35  # sd-scripts' --thresh default
 CHARACTER_MCUT_FLOOR = 0.15
 
 
@@ -28,16 +29,24 @@ def remove_underscore(tag: str) -> str:
     return tag.replace("_", " ")
 
 
-def expand_character_tag(tag: str) -> list[str]:
-    """'chara_(series)' -> ['chara', 'series']; 'chara_(costume)_(series)' -> ['chara_(costume)', 'series']."""
-    if not tag.endswith(")") or "(" not in tag:
-        return [tag]
-    head, _, series = tag.rpartition("(")
+def expand_character_tag(tag: str, series: tuple[str, ...] = ()) -> list[str]:
+    """'chara_(series)' -> ['chara', 'series']; 'chara_(costume)_(series)' -> ['chara_(costume)', 'series'].
+
+    Args:
+        series: the series the model maps the character to (PixAI's selected_tags.csv `ips`). When given,
+            they are the series written: the name keeps its parenthesised suffix unless that suffix is one of
+            them ('misaka_mikoto' + ['toaru_kagaku_no_railgun'] -> both; 'saber_(fate)' + ['fate/stay_night']
+            -> both unchanged; 'hu_tao_(genshin_impact)' + ['genshin_impact'] -> ['hu_tao', 'genshin_impact']).
+    """
+    head, _, suffix = tag.rpartition("(")
     head = head[:-1] if head.endswith("_") else head
-    series = series[:-1]
-    if not head or not series:
-        return [tag]
-    return [head, series]
+    suffix = suffix[:-1]
+    split = tag.endswith(")") and "(" in tag and bool(head) and bool(suffix)
+    if not series:
+        return [head, suffix] if split else [tag]
+    keys = {tag_key(s) for s in series}
+    name = head if split and tag_key(suffix) in keys else tag
+    return [name, *series]
 
 
 def parse_tag_list(text: str | None, separator: str = ", ") -> list[str]:
@@ -100,10 +109,16 @@ def mcut_threshold(probs: np.ndarray) -> float:
 
 @dataclass
 class TagOptions:
-    """Every tag option of sd-scripts' tagger (thresholds already resolved against --thresh)."""
+    """Every tag option of sd-scripts' tagger.
+
+    Attributes:
+        thresholds: the thresholds the user gave, by category (--<category>_threshold, else --thresh when
+            given). A category not in it uses the model's own default (TagLabels.default_thresholds, e.g.
+            PixAI's thresholds.csv), else DEFAULT_THRESHOLD (0.35, sd-scripts' --thresh default).
+    """
 
     caption_separator: str = ", "
-    thresholds: dict[str, float] = field(default_factory=lambda: {c: 0.35 for c in THRESHOLD_CATEGORIES})
+    thresholds: dict[str, float] = field(default_factory=dict)
     general_mcut: bool = False
     character_mcut: bool = False
     remove_underscore: bool = False
@@ -116,6 +131,13 @@ class TagOptions:
     use_rating_tags_as_last_tag: bool = False
     use_quality_tags: bool = False
     use_quality_tags_as_last_tag: bool = False
+
+
+def threshold_for(category: str, options: TagOptions, labels: TagLabels) -> float:
+    """The user's threshold for the category, else the model's default, else DEFAULT_THRESHOLD."""
+    if category in options.thresholds:
+        return options.thresholds[category]
+    return labels.default_thresholds.get(category, DEFAULT_THRESHOLD)
 
 
 @dataclass
@@ -143,8 +165,10 @@ class TagSelector:
         cats = np.array(labels.categories)
         self.outputs: list[list[str]] = []
         blocked = np.zeros(len(labels), dtype=bool)
+        series = labels.series or [()] * len(labels)
         for i, (name, cat) in enumerate(zip(labels.names, labels.categories)):
-            pieces = expand_character_tag(name) if (cat == "character" and options.character_tag_expand) else [name]
+            expand = cat == "character" and options.character_tag_expand
+            pieces = expand_character_tag(name, series[i]) if expand else [name]
             if options.remove_underscore:
                 pieces = [remove_underscore(p) for p in pieces]
             pieces = [replacements.get(tag_key(p), p) for p in pieces]
@@ -154,7 +178,7 @@ class TagSelector:
 
         self.thresholds = np.full(len(labels), np.inf, dtype=np.float32)
         for cat in THRESHOLD_CATEGORIES:
-            self.thresholds[cats == cat] = options.thresholds.get(cat, 0.35)
+            self.thresholds[cats == cat] = threshold_for(cat, options, labels)
         self.thresholds[blocked] = np.inf
         self.blocked = blocked
         self.general_idx = np.nonzero((cats == "general") & ~blocked)[0]
