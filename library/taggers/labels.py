@@ -120,6 +120,13 @@ def pixai_default_thresholds(path: str | Path | None, categories: list[str]) -> 
     return out
 
 
+def load_pixai_labels(csv_path: str | Path, thresholds_path: str | Path | None) -> TagLabels:
+    """deepghs' PixAI label files: selected_tags.csv (with the character -> series `ips` column) and thresholds.csv."""
+    labels = load_selected_tags_csv(csv_path)
+    labels.default_thresholds = pixai_default_thresholds(thresholds_path, labels.categories)
+    return labels
+
+
 def _category(path: Path, tag: str, category) -> str:
     cat = str(category).strip().lower()
     cat = CAMIE_CATEGORIES.get(cat, cat)

@@ -224,7 +224,7 @@ def parse_preprocess_json(path: str | Path) -> StagedPreprocess:
             else:
                 raise ValueError("unsupported stage" + ("" if tensor else " (or it needs to_tensor first)"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: stage {n} ({kind or stage!r}): {exc}") from None
+            raise ValueError(f"{path}: stage {n} ({kind or repr(stage)}): {exc}") from None
     if not tensor:
         raise ValueError(f"{path}: no to_tensor stage")
     return StagedPreprocess(tuple(geometry), TensorStages(tuple(ops)), size)

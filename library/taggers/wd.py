@@ -18,8 +18,8 @@ from library.backends.hub_files import (ModelLocation, ModelNotAvailable, downlo
 from library.backends.onnx_fp16 import float16_model
 from library.backends.onnx_runtime import OnnxRunner
 from library.errors import FatalError
-from library.taggers.labels import (TagLabels, load_camie_metadata, load_selected_tags_csv, load_tag_mapping_json,
-                                    pixai_default_thresholds)
+from library.taggers.labels import (TagLabels, load_camie_metadata, load_pixai_labels, load_selected_tags_csv,
+                                    load_tag_mapping_json)
 from library.taggers.layouts import (CL_ONNX_NAMES, CSV_FILE, JSON_FILE, LAYOUTS, PIXAI_PREPROCESS_NAMES,
                                      PIXAI_THRESHOLDS, SAVED_MODEL_FILES, WD_ONNX, camie_file_names, detect_layout,
                                      known_layouts_text, known_model)
@@ -97,6 +97,7 @@ def ensure_tagger_files(location: ModelLocation, force_download: bool = False, b
         backend: 'onnx', 'tensorflow' (legacy v2 SavedModel), or 'auto': ONNX whenever model.onnx is there or
             can be downloaded, the SavedModel when the folder holds only that.
     """
+    force_download = force_download and location.repo_id is not None  # a local folder has nothing to re-download
     if location.subfolder:
         return _ensure_cl(location, force_download)
     names = _folder_files(location.folder)
@@ -111,17 +112,17 @@ def ensure_tagger_files(location: ModelLocation, force_download: bool = False, b
     if layout == "cl":
         return _ensure_cl(location, force_download)
     if layout == "pixai":
-        return _ensure_pixai(location, force_download, listing or names)
+        return _ensure_pixai(location, force_download)
     if layout == "camie":
         return _ensure_camie(location, force_download, listing or names)
     return _ensure_wd(location, force_download, backend)
 
 
-def _fetch(location: ModelLocation, wanted: list[str], force_download: bool, layout: str) -> None:
-    """Download the `wanted` files that are missing (all of them with force_download)."""
+def _fetch(location: ModelLocation, wanted: list[str], force_download: bool, layout: str) -> list[str]:
+    """Download the `wanted` files that are missing (all of them with force_download); returns those fetched."""
     todo = wanted if force_download else missing_files(location.folder, wanted)
     if not todo:
-        return
+        return []
     if location.repo_id is None:
         raise ModelNotAvailable(f"{location.folder}: missing {', '.join(todo)} (the {LAYOUTS[layout].title} layout "
                                 f"needs {LAYOUTS[layout].files})")
@@ -129,6 +130,7 @@ def _fetch(location: ModelLocation, wanted: list[str], force_download: bool, lay
         download_files(location, todo, force=force_download)
     except FileNotFoundError as exc:
         raise ModelNotAvailable(f"{exc}; the {LAYOUTS[layout].title} layout needs {LAYOUTS[layout].files}") from None
+    return todo
 
 
 def _ensure_cl(location: ModelLocation, force_download: bool) -> TaggerFiles:
@@ -141,14 +143,16 @@ def _ensure_cl(location: ModelLocation, force_download: bool) -> TaggerFiles:
     return TaggerFiles("cl", folder / onnx_name, folder / JSON_FILE)
 
 
-def _ensure_pixai(location: ModelLocation, force_download: bool, names: list[str]) -> TaggerFiles:
+def _ensure_pixai(location: ModelLocation, force_download: bool) -> TaggerFiles:
     folder = location.folder
-    _fetch(location, [WD_ONNX, CSV_FILE], force_download, "pixai")
-    preprocess = next((n for n in PIXAI_PREPROCESS_NAMES if n in names), None)
+    fetched = _fetch(location, [WD_ONNX, CSV_FILE], force_download, "pixai")
+    preprocess = next((n for n in PIXAI_PREPROCESS_NAMES if not missing_files(folder, [n])), None)
     if force_download or preprocess is None:
         preprocess = _download_first_available(location, PIXAI_PREPROCESS_NAMES, force_download, "pixai")
+        fetched.append(preprocess)
     thresholds = folder / PIXAI_THRESHOLDS
-    if location.repo_id is not None and (force_download or missing_files(folder, [PIXAI_THRESHOLDS])):
+    # optional: asked for along with the other files only, so a complete folder runs offline without it
+    if force_download or (fetched and missing_files(folder, [PIXAI_THRESHOLDS])):
         try:
             download_files(location, [PIXAI_THRESHOLDS], force=force_download)
         except FileNotFoundError:
@@ -209,10 +213,9 @@ def _load_labels(files: TaggerFiles) -> tuple[TagLabels, int | None]:
             return load_tag_mapping_json(files.labels), None
         if files.layout == "camie":
             return load_camie_metadata(files.labels)
-        labels = load_selected_tags_csv(files.labels)
         if files.layout == "pixai":
-            labels.default_thresholds = pixai_default_thresholds(files.thresholds, labels.categories)
-        return labels, None
+            return load_pixai_labels(files.labels, files.thresholds), None
+        return load_selected_tags_csv(files.labels), None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelNotAvailable(f"{exc}" if str(files.labels) in str(exc) else f"{files.labels}: {exc}") from None
 
