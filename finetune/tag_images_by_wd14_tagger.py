@@ -80,7 +80,8 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag_replacement", type=str, default=None,
                    help="'source1,target1;source2,target2'; escape ',' and ';' inside tags as '\\,' and '\\;'")
     p.add_argument("--character_tag_expand", action="store_true",
-                   help="'chara_(series)' becomes two tags: 'chara', 'series'")
+                   help="'chara_(series)' becomes two tags: 'chara', 'series' (PixAI: the series its model "
+                        "maps the character to, e.g. 'misaka_mikoto' adds 'toaru_kagaku_no_railgun')")
     p.add_argument("--fp16", action="store_true",
                    help="run the model in float16 (converted once, cached as model_fp16.onnx; needs the onnx package). "
                         "Faster on GPUs; probabilities differ by ~1e-3, so a tag at the threshold can flip")

@@ -345,6 +345,19 @@ def test_hub_download_of_each_layout(hub_repos, tmp_path, repo_id, layout, files
         assert tagger.default_thresholds == {"general": 0.4, "character": 0.4, "meta": 0.4, "copyright": 0.4}
 
 
+def test_hub_repo_of_no_known_layout_is_refused_before_downloading(hub_repos, tmp_path):
+    readme_only = tmp_path / "readme_only"
+    readme_only.mkdir()
+    (readme_only / "README.md").write_text("nothing here\n")
+    (readme_only / "weights.safetensors").write_bytes(b"x" * 10)
+    with serve_repos({**hub_repos, "someone/not-a-tagger": readme_only}) as hub, use_endpoint(hub.url):
+        with pytest.raises(ModelNotAvailable) as info:
+            WDTagger.from_repo("someone/not-a-tagger", str(tmp_path / "m"), device="cpu")
+        assert downloaded(hub) == []
+    message = str(info.value)
+    assert "someone/not-a-tagger on the hub" in message and "weights.safetensors" in message and "pixai (" in message
+
+
 def test_pixai_folder_missing_a_file_says_what_the_layout_needs(models, tmp_path):
     local = tmp_path / "pixai"
     shutil.copytree(models / "deepghs_pixai-tagger-v0.9-onnx", local)

@@ -1,15 +1,4 @@
-"""Tagger preprocessing per layout: picklable per-image loaders (uint8 RGB out) and the batch float conversions.
-
-Worker processes decode, resize and pad (uint8 arrays travel between processes); the main process turns a batch
-into the model's float input:
-- WD (SmilingWolf): white pad to a centred square, BICUBIC resize; NHWC float32 BGR 0..255.
-- cl_tagger: the same square; NCHW float32 BGR in [-1, 1].
-- PixAI (deepghs ONNX): the stages its preprocess.json lists (v0.9: stretch to 448x448 BILINEAR, to_tensor,
-  normalise mean 0.5 std 0.5); NCHW float32 RGB.
-- Camie v2: longest side to the model size with LANCZOS (short side truncated), centred on a (124, 116, 104)
-  canvas, ImageNet mean/std; NCHW float32 RGB.
-Alpha is composited onto white for every layout (library.image_io).
-"""
+"""Tagger preprocessing per layout: picklable uint8 loaders for worker processes, float conversion per batch."""
 
 from __future__ import annotations
 
@@ -50,7 +39,10 @@ def square_rgb_uint8(img: Image.Image, size: int) -> np.ndarray:
 
 
 def fit_and_pad_uint8(img: Image.Image, size: int, colour: tuple[int, int, int] = CAMIE_PAD) -> np.ndarray:
-    """Camie's geometry: longest side to `size` (LANCZOS, short side truncated), centred on a `colour` square."""
+    """Camie's geometry: longest side to `size` (LANCZOS, short side truncated), centred on a `colour` square.
+
+    Camie's float part is IMAGENET_TENSOR (RGB, NCHW, ImageNet mean/std).
+    """
     w, h = img.size
     aspect = w / h
     if aspect > 1:

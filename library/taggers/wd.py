@@ -1,8 +1,4 @@
-"""Tagger models on ONNX Runtime (or a TensorFlow SavedModel): locate and download the files of each layout, load, predict.
-
-Layouts (library.taggers.layouts): SmilingWolf WD v2/v3, cl_tagger (tag_mapping.json), PixAI (deepghs ONNX
-export) and Camie tagger v2; the layout is detected from the files.
-"""
+"""Tagger models of every layout (WD, cl_tagger, PixAI, Camie v2) on ONNX Runtime: locate, download, load, predict."""
 
 from __future__ import annotations
 
@@ -70,21 +66,28 @@ def _folder_files(folder: Path) -> list[str]:
     return names
 
 
-def _unknown_layout(folder: Path, names: list[str]) -> ModelNotAvailable:
+def _unknown_layout(folder: Path | str, names: list[str]) -> ModelNotAvailable:
     found = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "") if names else "no model files"
     return ModelNotAvailable(f"{folder}: not a tagger layout captionkit knows (found {found}). "
                              f"Known layouts and their files: {known_layouts_text()}")
 
 
 def _hub_layout(location: ModelLocation) -> tuple[str, list[str] | None]:
-    """Layout of a hub repo not on disk yet: the registry's, else from the repo's file list, else 'wd' (sd-scripts)."""
-    listing = list_repo_files(location)
-    if listing:
-        found = detect_layout(listing)
-        if found:
-            return found, listing
+    """Layout of a hub repo not on disk yet: the registry's, else from the repo's file list, else 'wd' (sd-scripts).
+
+    Raises:
+        ModelNotAvailable: the repo's file list matches no layout.
+    """
     known = known_model(location.repo_id)
-    return (known.layout if known else "wd"), listing
+    if known:
+        return known.layout, None
+    listing = list_repo_files(location)
+    if listing is None:  # offline or unreachable: the download reports it
+        return "wd", None
+    layout = detect_layout(listing)
+    if layout is None:
+        raise _unknown_layout(f"{location.repo_id} on the hub", listing)
+    return layout, listing
 
 
 def ensure_tagger_files(location: ModelLocation, force_download: bool = False, backend: str = "auto") -> TaggerFiles:
