@@ -84,3 +84,46 @@ def test_reference_preprocess_on_awkward_and_bad_files(tmp_path):
         Image.open(bad["decompression_bomb"])
     with pytest.raises(OSError):
         reference_preprocess(bad["truncated_png"], 48)
+
+
+def test_pixai_model_contract(tmp_path):
+    from tests.fixtures.wd_models import heads_reference_logits, make_pixai_model, pixai_reference_input
+
+    tags = [("1girl", 0), ("solo", 0), ("kagamine_rin", 4), ("highres", 5)]
+    folder = make_pixai_model(tmp_path / "pixai", tags, size=32, series={"kagamine_rin": ["vocaloid"]})
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "preprocess.json", "selected_tags.csv",
+                                                         "thresholds.csv"]
+    lines = (folder / "selected_tags.csv").read_text().splitlines()
+    assert lines[0] == "id,tag_id,name,category,count,ips" and lines[3].endswith('"[""vocaloid""]"')
+    assert (folder / "thresholds.csv").read_text().splitlines() == ["category,name,threshold", "0,general,0.3",
+                                                                     "4,character,0.85"]
+    assert json.loads((folder / "preprocess.json").read_text())["stages"][0]["size"] == [32, 32]
+    sess = _session(folder / "model.onnx")
+    (inp,) = sess.get_inputs()
+    assert (inp.name, inp.shape) == ("input", ["batch_size", 3, 32, 32])
+    assert [o.name for o in sess.get_outputs()] == ["embedding", "logits", "prediction"]
+    photos = real_photos(tmp_path / "photos", n=2)
+    x = np.stack([pixai_reference_input(p, 32) for p in photos]).astype(np.float32)
+    emb, logits, pred = sess.run(None, {"input": x})
+    assert emb.shape == (2, 48) and np.allclose(pred, 1 / (1 + np.exp(-logits)), atol=1e-6)
+    assert np.allclose(logits, heads_reference_logits(folder / "model.onnx", x, "prediction"), atol=1e-4)
+
+
+def test_camie_model_contract(tmp_path):
+    from tests.fixtures.wd_models import camie_reference_input, heads_reference_logits, make_camie_model
+
+    tags = [("general", "rating"), ("explicit", "rating"), ("1girl", "general"), ("year_2021", "year")]
+    folder = make_camie_model(tmp_path / "camie", tags, size=48)
+    meta = json.loads((folder / "camie-tagger-v2-metadata.json").read_text())
+    assert meta["model_info"]["img_size"] == 48
+    assert meta["dataset_info"]["tag_mapping"]["idx_to_tag"]["3"] == "year_2021"
+    assert meta["dataset_info"]["tag_mapping"]["tag_to_category"]["year_2021"] == "year"
+    sess = _session(folder / "camie-tagger-v2.onnx")
+    assert [o.name for o in sess.get_outputs()] == ["initial_predictions", "refined_predictions"]
+    photos = real_photos(tmp_path / "photos", n=2)
+    x = np.stack([camie_reference_input(p, 48) for p in photos]).astype(np.float32)
+    initial, refined = sess.run(None, {sess.get_inputs()[0].name: x})
+    assert not np.allclose(initial, refined)
+    path = folder / "camie-tagger-v2.onnx"
+    assert np.allclose(refined, heads_reference_logits(path, x, "refined_predictions"), atol=1e-4)
+    assert np.allclose(initial, heads_reference_logits(path, x, "initial_predictions"), atol=1e-4)
