@@ -10,7 +10,7 @@ import pytest
 from library.backends.hub_files import ModelNotAvailable, locate_model
 from library.taggers.labels import (load_camie_metadata, load_pixai_labels, load_selected_tags_csv,
                                     pixai_default_thresholds)
-from library.taggers.layouts import KNOWN_MODELS, detect_layout
+from library.taggers.layouts import KNOWN_MODELS, camie_file_names, detect_layout
 from library.taggers.preprocess import StagedImageLoader, parse_preprocess_json
 from library.taggers.tag_rules import TagOptions, TagSelector, expand_character_tag
 from library.taggers.wd import WDTagger, ensure_tagger_files
@@ -292,6 +292,9 @@ def test_layout_detection_from_file_names():
     assert detect_layout(["camie-tagger-v2.onnx", "camie-tagger-v2-metadata.json", "README.md"]) == "camie"
     assert detect_layout(["model_optimized.onnx", "tag_mapping.json"]) == "cl"
     assert detect_layout(["README.md", ".gitattributes"]) is None
+    cached = ["metadata.json", "weights.onnx", "weights_fp16.onnx", "weights_u8_1a2b3c4d.onnx"]
+    assert camie_file_names(cached) == ("weights.onnx", "metadata.json")  # captionkit's cached copies are skipped
+    assert camie_file_names([]) == ("camie-tagger-v2.onnx", "camie-tagger-v2-metadata.json")
 
 
 def test_list_models_needs_no_image_folder(tmp_path):
@@ -368,3 +371,24 @@ def test_pixai_folder_missing_a_file_says_what_the_layout_needs(models, tmp_path
     shutil.copy(models / "deepghs_pixai-tagger-v0.9-onnx" / "model.onnx", local / "model.onnx")
     with pytest.raises(ModelNotAvailable, match="its stages make 16x16 images but the model takes 32x32"):
         WDTagger.from_repo(str(local), "unused", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["deepghs_pixai-tagger-v0.9-onnx", "Camais03_camie-tagger-v2"])
+def test_input_spec_makes_a_bit_identical_uint8_model_copy(models, tmp_path, name):
+    import onnxruntime as ort
+
+    from library.backends.onnx_uint8 import uint8_model
+
+    folder = tmp_path / name
+    shutil.copytree(models / name, folder)
+    tagger = WDTagger.from_repo(str(folder), "unused", device="cpu")
+    x = np.random.default_rng(0).integers(0, 256, (2, tagger.image_size, tagger.image_size, 3), dtype=np.uint8)
+    converted = uint8_model(tagger.files.model, tagger.input_spec)
+    assert converted is not None and WDTagger.from_repo(str(folder), "unused", device="cpu").layout == tagger.layout
+
+    def outputs(path, data):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: data})
+
+    for ours, reference in zip(outputs(converted, x), outputs(tagger.files.model, tagger._model_input(x))):
+        assert np.array_equal(ours, reference)

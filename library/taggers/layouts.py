@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
 from library.backends.onnx_fp16 import FP16_SUFFIX
+from library.backends.onnx_uint8 import UINT8_SUFFIX
 
 CSV_FILE = "selected_tags.csv"
 JSON_FILE = "tag_mapping.json"
@@ -42,8 +44,12 @@ def known_layouts_text() -> str:
     return "; ".join(f"{lay.name} ({lay.title}): {lay.files}" for lay in LAYOUTS.values())
 
 
+# float16 and uint8-input copies captionkit caches beside a model (model_fp16.onnx, model_u8_1a2b3c4d.onnx)
+DERIVED_ONNX = re.compile(rf"({re.escape(FP16_SUFFIX)}|{re.escape(UINT8_SUFFIX)}_[0-9a-f]{{8}})+\.onnx$")
+
+
 def _onnx_names(names: set[str]) -> list[str]:
-    return sorted(n for n in names if n.endswith(".onnx") and "/" not in n and not n.endswith(FP16_SUFFIX + ".onnx"))
+    return sorted(n for n in names if n.endswith(".onnx") and "/" not in n and not DERIVED_ONNX.search(n))
 
 
 def camie_file_names(names: Iterable[str]) -> tuple[str, str]:

@@ -96,6 +96,14 @@ class TensorStages:
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
+    def onnx_ops(self) -> tuple[tuple[str, object], ...]:
+        """The same steps as library.backends.onnx_uint8 InputSpec ops (after the cast to float and NCHW)."""
+        out: list[tuple[str, object]] = [("div", 255.0)]
+        for kind, a, b in self.ops:
+            out += [("sub", a), ("div", b)] if kind == "normalize" else [("mul", a)]
+        return tuple(out)
+
+
 IMAGENET_TENSOR = TensorStages((("normalize", IMAGENET_MEAN, IMAGENET_STD),))
 
 

@@ -13,6 +13,7 @@ from library.backends.hub_files import (ModelLocation, ModelNotAvailable, downlo
                                         missing_files)
 from library.backends.onnx_fp16 import float16_model
 from library.backends.onnx_runtime import OnnxRunner
+from library.backends.onnx_uint8 import InputSpec
 from library.errors import FatalError
 from library.taggers.labels import (TagLabels, load_camie_metadata, load_pixai_labels, load_selected_tags_csv,
                                     load_tag_mapping_json)
@@ -316,6 +317,15 @@ class WDTagger:
         if self._staged is not None:
             return StagedImageLoader(self._staged.geometry, self.image_size, fast_decode)
         return SquareImageLoader(self.image_size, fast_decode)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """`_model_input` as the ops of a uint8-input model copy (library.backends.onnx_uint8), step for step."""
+        if self.layout in ("wd", "cl"):
+            return InputSpec(bgr=True, nchw=self.layout == "cl",
+                             ops=(("div", 127.5), ("sub", 1.0)) if self.layout == "cl" else ())
+        tensor = IMAGENET_TENSOR if self.layout == "camie" else self._staged.tensor
+        return InputSpec(nchw=True, ops=tensor.onnx_ops())
 
     def _model_input(self, batch_rgb: np.ndarray) -> np.ndarray:
         if self.layout == "cl":
