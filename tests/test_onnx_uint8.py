@@ -52,3 +52,17 @@ def test_per_channel_mean_std_and_read_only_folder_falls_back(tmp_path):
     other = InputSpec(bgr=True, nchw=True, ops=(("div", 127.5), ("sub", 1.0)))
     uint8_path(model, other).mkdir()  # the copy cannot be written there (as in a read-only model folder)
     assert uint8_model(model, other) is None
+
+
+@pytest.mark.parametrize("repo_id", ["org/tiny", "org/cl/cl_v1"])
+def test_tagger_feeds_uint8_and_gets_the_float_paths_probabilities(model_dir, repo_id):
+    from library.backends.hub_files import locate_model
+    from library.taggers.wd import WDTagger, ensure_tagger_files
+
+    files = ensure_tagger_files(locate_model(repo_id, str(model_dir)))
+    fast, reference = WDTagger(files, "cpu"), WDTagger(files, "cpu", uint8_input=False)
+    assert fast.takes_uint8 and not reference.takes_uint8
+    assert fast.runner.session.get_inputs()[0].type == "tensor(uint8)"
+    x = batch(n=5, size=fast.image_size, seed=3)
+    assert fast.image_size == reference.image_size
+    assert np.array_equal(fast.predict(x), reference.predict(x))

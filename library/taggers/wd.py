@@ -13,7 +13,7 @@ from library.backends.hub_files import (ModelLocation, ModelNotAvailable, downlo
                                         missing_files)
 from library.backends.onnx_fp16 import float16_model
 from library.backends.onnx_runtime import OnnxRunner
-from library.backends.onnx_uint8 import InputSpec
+from library.backends.onnx_uint8 import InputSpec, uint8_model
 from library.errors import FatalError
 from library.taggers.labels import (TagLabels, load_camie_metadata, load_pixai_labels, load_selected_tags_csv,
                                     load_tag_mapping_json)
@@ -235,9 +235,11 @@ class WDTagger:
         fixed_batch: the model's fixed batch size, or None when dynamic.
     """
 
-    def __init__(self, files: TaggerFiles, device: str | None = "auto", fp16: bool = False):
+    def __init__(self, files: TaggerFiles, device: str | None = "auto", fp16: bool = False,
+                 uint8_input: bool = True):
         self.files = files
         self.fp16 = fp16
+        self.takes_uint8 = False  # the session's model takes the workers' uint8 RGB as is (no float32 on the CPU)
         self.layout = files.layout
         self.labels, label_size = _load_labels(files)
         self._staged = parse_preprocess_json_or_fail(files.preprocess) if files.preprocess else None
@@ -249,7 +251,10 @@ class WDTagger:
 
             self.runner = SavedModelRunner(files.model)
         else:
-            self.runner = OnnxRunner(float16_model(files.model) if fp16 else files.model, device, fp16=fp16)
+            model = float16_model(files.model) if fp16 else files.model
+            converted = uint8_model(model, self.input_spec) if uint8_input else None
+            self.takes_uint8 = converted is not None
+            self.runner = OnnxRunner(converted or model, device, fp16=fp16)
             self._select_output()
         self.on_gpu = bool(getattr(self.runner, "on_gpu", False))
         # TensorRT builds one engine per input shape: keep every batch the shape of the first one
@@ -296,7 +301,7 @@ class WDTagger:
         shape = self.runner.input_shape
         if len(shape) != 4:
             raise ModelNotAvailable(f"{self.files.model}: expected a 4-D image input, got shape {shape}")
-        nchw = self.layout in NCHW_LAYOUTS
+        nchw = self.layout in NCHW_LAYOUTS and not self.takes_uint8
         channels = shape[1] if nchw else shape[3]
         if channels not in (3, None):
             raise ModelNotAvailable(f"{self.files.model}: expected 3 colour channels "
@@ -338,7 +343,7 @@ class WDTagger:
 
     def predict(self, batch_rgb: np.ndarray) -> np.ndarray:
         """NHWC uint8 RGB images from `image_loader` -> (N, tags) float32 probabilities."""
-        x = self._model_input(batch_rgb)
+        x = batch_rgb if self.takes_uint8 else self._model_input(batch_rgb)
         n = x.shape[0]
         if self.fixed_batch and n != self.fixed_batch:
             outs = [self._run_fixed(x[i:i + self.fixed_batch]) for i in range(0, n, self.fixed_batch)]
