@@ -39,7 +39,6 @@ from PIL import Image  # noqa: E402
 from library.captioners.job import CaptionRunConfig, caption_images  # noqa: E402
 from library.backends.hub_files import locate_model  # noqa: E402
 from library.pipeline import default_workers  # noqa: E402
-from library.taggers.preprocess import SquareImageLoader  # noqa: E402
 from library.taggers.tag_rules import TagOptions  # noqa: E402
 from library.taggers.job import TaggerConfig, tag_images  # noqa: E402
 from library.taggers.wd import WDTagger, ensure_tagger_files  # noqa: E402
@@ -109,6 +108,15 @@ class Row:
     e2e: float
     memory: MemorySampler
     serial: float | None = None  # end to end with decoding in the main process (as sd-scripts does by default)
+    runs: list[float] | None = None  # every end-to-end rate (e2e is their median)
+    cpu: dict[str, float] | None = None  # main-process CPU ms per image by stage (median run)
+    model_cpu: float = 0.0  # main-thread CPU ms per image of the model alone (its own compute on that thread)
+
+    @property
+    def overhead(self) -> float:
+        """Main-process CPU ms per image beyond the model's own compute: receiving, the model call, writing."""
+        cpu = self.cpu or {}
+        return cpu.get("receive", 0.0) + cpu.get("write", 0.0) + max(0.0, cpu.get("model", 0.0) - self.model_cpu)
 
     @property
     def shared(self) -> float:
@@ -214,12 +222,17 @@ def make_vit_model(folder: Path, n_tags: int = 10861, size: int = 448, patch: in
     return folder
 
 
-def make_tiny_model(folder: Path) -> Path:
+def make_tiny_model(folder: Path, size: int = 64) -> Path:
     from tests.fixtures.wd_models import make_wd_model
 
     tags = [("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9)] + [
         (f"tag_{i}", 0) for i in range(200)]
-    return make_wd_model(folder, tags, size=64)
+    return make_wd_model(folder, tags, size=size)
+
+
+def make_tiny_448(folder: Path) -> Path:
+    """The WD data path at its real size: 448 px input, a model that costs almost nothing."""
+    return make_tiny_model(folder, 448)
 
 
 def decode_bound(paths, loader, workers: int) -> float:
@@ -230,25 +243,31 @@ def decode_bound(paths, loader, workers: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def model_only(predict, sample: np.ndarray, batch: int, n: int, min_seconds: float = 2.0) -> float:
-    """Images/s of `predict` on copies of one pre-decoded image: at least n images and min_seconds, after a warm-up."""
+def model_only(predict, sample: np.ndarray, batch: int, n: int, min_seconds: float = 2.0) -> tuple[float, float]:
+    """(images/s, main-thread CPU ms per image) of `predict` on copies of one pre-decoded image, after a warm-up."""
     x = np.stack([sample] * batch)
     predict(x)  # warm-up
-    start, done = time.perf_counter(), 0
+    start, cpu, done = time.perf_counter(), time.thread_time(), 0
     while done < n or time.perf_counter() - start < min_seconds:
         predict(x)
         done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), 1000 * (time.thread_time() - cpu) / done
+
+
+def stage_cpu(summary) -> dict[str, float]:
+    """Main-process CPU ms per image by stage, from the run's own clock (library.profiling)."""
+    images = max(1, summary.done + summary.failed)
+    return {stage: 1000 * summary.clock.cpu.get(stage, 0.0) / images for stage in ("receive", "model", "write")}
 
 
 def tagger_end_to_end(data: Path, model_dir: Path, repo: str, batch: int, workers: int, out: Path,
-                      fast: bool) -> tuple[float, MemorySampler]:
+                      fast: bool) -> tuple[float, MemorySampler, dict[str, float]]:
     cfg = TaggerConfig(train_data_dir=data, repo_id=repo, model_dir=str(model_dir), batch_size=batch, fast_decode=fast,
                        workers=workers, output_dir=out, progress=False, device="cpu", tag_options=TagOptions())
     with MemorySampler() as memory:
         result = tag_images(cfg).summary
     assert result.failed == 0, result.lines()
-    return result.done / result.seconds, memory
+    return result.done / result.seconds, memory, stage_cpu(result)
 
 
 def linked_subset(paths: list[Path], folder: Path) -> Path:
@@ -264,13 +283,17 @@ def bench_tagger(label: str, name: str, build, paths: list[Path], tmp: Path, arg
         build(models / name)
     repo = f"org/{name[4:]}"
     tagger = WDTagger(ensure_tagger_files(locate_model(repo, str(models))), device="cpu")
-    loader = SquareImageLoader(tagger.image_size, args.fast_decode)
+    loader = tagger.image_loader(args.fast_decode)
     folder = linked_subset(paths, tmp / f"in_{name}{key}")
     a = decode_bound(paths, loader, args.workers)
-    b = model_only(tagger.predict, loader(paths[0])[0], args.batch_size, len(paths))
-    c, memory = tagger_end_to_end(folder, models, repo, args.batch_size, args.workers, tmp / f"out_{name}{key}",
-                                  args.fast_decode)
-    return Row(label, a, b, c, memory)
+    b, model_cpu = model_only(tagger.predict, loader(paths[0])[0], args.batch_size, len(paths))
+    runs = []
+    for i in range(max(1, args.repeat)):
+        out = tmp / f"out_{name}{key}_{i}"
+        runs.append(tagger_end_to_end(folder, models, repo, args.batch_size, args.workers, out, args.fast_decode))
+    runs.sort(key=lambda run: run[0])
+    c, memory, cpu = runs[len(runs) // 2]
+    return Row(label, a, b, c, memory, runs=[run[0] for run in runs], cpu=cpu, model_cpu=model_cpu)
 
 
 def bench_captioner(paths: list[Path], tmp: Path, args) -> Row:
@@ -283,7 +306,7 @@ def bench_captioner(paths: list[Path], tmp: Path, args) -> Row:
     captioner = BlipCaptioner(str(model), settings, device="cpu", dtype="fp32")
     folder = linked_subset(paths, tmp / "in_blip")
     a = decode_bound(paths, captioner.preprocess, args.workers)
-    b = model_only(captioner.generate, captioner.preprocess(paths[0])[0], args.batch_size, len(paths))
+    b, model_cpu = model_only(captioner.generate, captioner.preprocess(paths[0])[0], args.batch_size, len(paths))
     rates = {}
     for workers in (args.workers, 0):
         cfg = CaptionRunConfig(train_data_dir=folder, output_dir=tmp / f"out_blip{workers}", batch_size=args.batch_size,
@@ -291,8 +314,9 @@ def bench_captioner(paths: list[Path], tmp: Path, args) -> Row:
         with MemorySampler() as memory:
             result = caption_images(lambda: captioner, cfg)
         assert result.failed == 0, result.lines()
-        rates[workers] = (result.done / result.seconds, memory)
-    return Row("BLIP tiny (captioner)", a, b, rates[args.workers][0], rates[args.workers][1], serial=rates[0][0])
+        rates[workers] = (result.done / result.seconds, memory, stage_cpu(result))
+    return Row("BLIP tiny (captioner)", a, b, rates[args.workers][0], rates[args.workers][1], serial=rates[0][0],
+               cpu=rates[args.workers][2], model_cpu=model_cpu)
 
 
 def rate(value: float) -> str:
@@ -311,6 +335,7 @@ def main() -> None:
     ap.add_argument("--skip_realistic", action="store_true")
     ap.add_argument("--skip_captioner", action="store_true")
     ap.add_argument("--fast_decode", action="store_true", help="measure the tagger with reduced-scale JPEG decoding")
+    ap.add_argument("--repeat", type=int, default=3, help="end-to-end runs per tagger row (the median is shown)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -326,6 +351,7 @@ def main() -> None:
         quarter = bench_tagger("tiny 64px, N/4 images", "org_tiny", make_tiny_model, paths[: len(paths) // 4], tmp,
                                args, key="_quarter")
         rows.append(bench_tagger("tiny 64px (tagger)", "org_tiny", make_tiny_model, paths, tmp, args))
+        rows.append(bench_tagger("WD data path, 448px input", "org_tiny448", make_tiny_448, paths, tmp, args))
         if not args.skip_realistic:
             rows.append(bench_tagger("ViT-B/16 448px, 10861 tags", "org_vit", make_vit_model,
                                      mixed[: args.n_realistic], tmp, args))
@@ -339,6 +365,16 @@ def main() -> None:
             print(f"{r.label:<27}{rate(r.decode):>9}/s{rate(r.model):>9}/s{rate(r.shared):>7}/s{rate(r.e2e):>8}/s"
                   f"{r.e2e / r.decode:>7.2f}{r.e2e / r.model:>7.2f}{r.e2e / r.shared:>10.2f}"
                   f"{m.main_peak / MIB:>7.0f} MiB{m.worker_peak / MIB:>6.0f} MiB{m.total_peak / MIB:>6.0f} MiB")
+        print()
+        print(f"{'main-process CPU, ms/image':<27}{'receive':>9}{'model call':>12}{'(model alone)':>15}{'write':>8}"
+              f"{'overhead':>10}   e2e runs (img/s)")
+        for r in rows:
+            cpu = r.cpu or {}
+            spread = ", ".join(rate(x) for x in r.runs) if r.runs else ""
+            print(f"{r.label:<27}{cpu.get('receive', 0):>9.2f}{cpu.get('model', 0):>12.2f}{r.model_cpu:>15.2f}"
+                  f"{cpu.get('write', 0):>8.2f}{r.overhead:>10.2f}   {spread}")
+        print("overhead = receive + write + (model call - model alone): the main process's own work per image; the "
+              "write column is the writer thread's CPU, which overlaps the model")
         for r in rows:
             if r.serial:
                 print(f"{r.label}: {r.e2e:.1f}/s with {args.workers} decode workers vs {r.serial:.1f}/s decoding in "
