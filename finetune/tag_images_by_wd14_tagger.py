@@ -85,6 +85,10 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true",
                    help="run the model in float16 (converted once, cached as model_fp16.onnx; needs the onnx package). "
                         "Faster on GPUs; probabilities differ by ~1e-3, so a tag at the threshold can flip")
+    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
+                   help="gpu: decode and resize JPEGs on the GPU with NVIDIA nvImageCodec (pip install "
+                        "nvidia-nvimgcodec-cu12 or -cu13; falls back to the CPU with a warning); other formats and "
+                        "the PixAI/Camie layouts decode on the CPU. Probabilities differ by ~1e-2 from CPU decoding")
     p.add_argument("--fast_decode", action="store_true",
                    help="decode large JPEGs at reduced scale (much faster; tags may differ slightly from the reference)")
     dataset_args.add_dataset_config_args(p)
@@ -118,7 +122,7 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         workers=args.max_data_loader_n_workers, recursive=args.recursive, caption_extension=args.caption_extension,
         output_dir=Path(args.output_dir) if args.output_dir else None,
         output_path=Path(args.output_path) if args.output_path else None, skip_existing=args.skip_existing,
-        append_tags=args.append_tags, fast_decode=args.fast_decode, fp16=args.fp16, debug=args.debug,
+        append_tags=args.append_tags, fast_decode=args.fast_decode, decode=args.decode, fp16=args.fp16, debug=args.debug,
         progress=not args.no_progress, tag_options=options)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from library.backends.gpu_memory import free_gpu_memory, tagger_batch_size
+from library.backends.gpu_decode import JpegBytesLoader, gpu_decoder
 from library.backends.onnx_runtime import parse_device
 from library.jobs import ItemResult, Job, Model
 from library.outputs.metadata import MetadataWriter
@@ -17,6 +18,7 @@ from library.outputs.writer import ResultWriter
 from library.pipeline import LoadedItem
 from library.runner import RunOptions, RunOutcome, run
 from library.sidecars import split_caption
+from library.taggers.preprocess import SquareImageLoader
 from library.taggers.tag_rules import TagOptions, TagSelector, tag_key
 from library.taggers.wd import DEFAULT_REPO_ID, WDTagger
 
@@ -34,6 +36,7 @@ class TaggerConfig:
     device: str = "auto"
     backend: str = "auto"
     fast_decode: bool = False
+    decode: str = "cpu"  # "gpu": JPEGs decoded and resized on the GPU (library.backends.gpu_decode), when it can
     fp16: bool = False
     batch_size: int | None = None  # None: sized to the device (library.backends.gpu_memory)
     workers: int | None = None
@@ -83,9 +86,20 @@ class TaggerModel(Model):
                            self.tagger.fixed_batch, self.batch_size)
             self.batch_size = self.tagger.fixed_batch
         self.loader = self.tagger.image_loader(cfg.fast_decode)
+        self.gpu_decoder = None
+        if cfg.decode == "gpu":
+            if isinstance(self.loader, SquareImageLoader):
+                self.gpu_decoder = gpu_decoder(self.tagger.image_size, self.loader, cfg.decode)
+            else:
+                logger.warning("--decode gpu: the %s layout's preprocessing runs on the CPU only; decoding on the CPU",
+                               self.tagger.layout)
+            if self.gpu_decoder is not None:
+                self.loader = JpegBytesLoader(self.loader)
 
     def process(self, items: list[LoadedItem]) -> list[ItemResult]:
-        probs = self.tagger.predict(np.stack([item.data for item in items]))
+        batch = (self.gpu_decoder.squares([item.data for item in items]) if self.gpu_decoder is not None
+                 else np.stack([item.data for item in items]))
+        probs = self.tagger.predict(batch)
         sep = self.cfg.tag_options.caption_separator
         out = []
         for p in probs:
