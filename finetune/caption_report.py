@@ -28,7 +28,7 @@ port_arg = cli.int_in_range(0, 65535, "port")
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="the captioned folder (or one image)")
     p.add_argument("--out", type=str, default=None, metavar="PATH.html",
                    help="page to write (default: caption_report.html in the caption folder); thumbnails go to "

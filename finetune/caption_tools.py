@@ -46,7 +46,8 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="include subfolders")
     p.add_argument("--caption_extension", type=str, default=".txt", help="caption file extension (default .txt)")
     p.add_argument("--caption_extention", type=str, default=None, help="old misspelling, still accepted")
-    p.add_argument("--separator", type=str, default=", ", help="tag separator (default ', ')")
+    p.add_argument("--caption_separator", "--separator", type=str, default=", ",
+                   help="tag separator (default ', '); --separator is its old name")
     p.add_argument("--dry_run", action="store_true", help="show what would change; write nothing")
     p.add_argument("--ignore_case", action="store_true", help="'Smile' matches 'smile'")
     p.add_argument("--lines", type=lines_arg, default=None,
@@ -56,10 +57,11 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in HELP.items():
-        sp = subs.add_parser(name, help=text, description=text)
+        sp = subs.add_parser(name, help=text, description=text,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(sp)
         if name in ("prefix", "suffix", "remove"):
             sp.add_argument("tags", nargs="+", help="tags, as separate arguments or one separated list")
@@ -77,7 +79,7 @@ def setup_parser() -> argparse.ArgumentParser:
 
 
 def build_edit(args: argparse.Namespace) -> CaptionEdit:
-    tags = [t for text in getattr(args, "tags", []) or [] for t in split_caption(text, args.separator)]
+    tags = [t for text in getattr(args, "tags", []) or [] for t in split_caption(text, args.caption_separator)]
     pairs = []
     if args.command == "replace":
         if len(args.pairs) % 2:
@@ -93,10 +95,10 @@ def build_edit(args: argparse.Namespace) -> CaptionEdit:
 
 def main(args: argparse.Namespace) -> int:
     cli.resolve_caption_extension(args)
-    if not args.separator:
-        raise FatalError("--separator must not be empty")
+    if not args.caption_separator:
+        raise FatalError("--caption_separator must not be empty")
     try:
-        outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.separator,
+        outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.caption_separator,
                                 recursive=args.recursive, dry_run=args.dry_run,
                                 create_missing=getattr(args, "create_missing", False))
     except ValueError as exc:

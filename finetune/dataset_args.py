@@ -136,7 +136,7 @@ def bucket_settings(args: argparse.Namespace) -> BucketSettings:
 
 def merge_parser(description: str, default_extension: str, what: str) -> argparse.ArgumentParser:
     """sd-scripts' merge_*_to_metadata.py command line, plus --dataset_config."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of training images")
     p.add_argument("out_json", type=str, help="metadata file to write (.json; .jsonl for JSON Lines)")
     p.add_argument("--in_json", type=str, default=None,

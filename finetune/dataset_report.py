@@ -21,7 +21,7 @@ from library.errors import FatalError
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, nargs="?", default=None, help="the captioned folder")
     p.add_argument("--dataset_config", type=str, default=None, metavar="PATH.toml",
                    help="report every dataset of this sd-scripts config instead of a folder")

@@ -24,7 +24,7 @@ quality_arg = cli.int_in_range(1, 100, "quality")
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images (left unchanged)")
     p.add_argument("output_dir", type=str, help="folder for the resized copies (the input tree is mirrored)")
     p.add_argument("--recursive", action="store_true", help="include subfolders")

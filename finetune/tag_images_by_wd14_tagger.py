@@ -35,7 +35,7 @@ class ListModels(argparse.Action):
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images to tag (or one image file)")
     p.add_argument("--list_models", action=ListModels, help="list known taggers (repo id, layout, size, licence) and exit")
     p.add_argument("--repo_id", type=str, default=DEFAULT_REPO_ID,

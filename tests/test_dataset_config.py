@@ -170,7 +170,7 @@ def test_script_round_trip_and_report(tmp_path):
     r = run_script(SCRIPT, tmp_path / "data", "--out", out, "--recursive", "--resolution", "768",
                    "--min_bucket_reso", "320", "--max_bucket_reso", "1536", "--bucket_reso_steps", "64",
                    "--no-bucket_no_upscale", "--batch_size", "2", "--num_repeats", "10", "--shuffle_caption",
-                   "--keep_tokens", "3", "--trigger", "1girl", "--class_tokens", "person", "--report",
+                   "--keep_tokens", "3", "--trigger", "1girl", "--class_tokens", "person", "--bucket_report",
                    cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     config = load(out)
