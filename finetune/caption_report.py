@@ -19,7 +19,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 from finetune import cli, dataset_args
 from library.review.report import (ReportOptions, default_page_path, thumbs_dir_for,
                                     write_report)
-from library.errors import FatalError
+from library.errors import OptionError
 
 DEFAULT_PORT = 8765
 
@@ -63,14 +63,10 @@ def setup_parser() -> argparse.ArgumentParser:
 def build_options(args: argparse.Namespace) -> ReportOptions:
     cli.resolve_caption_extension(args)
     if not args.caption_separator:
-        raise FatalError("--caption_separator must not be empty")
-    try:
-        settings = dataset_args.bucket_settings(args)
-        return ReportOptions(args.caption_extension, args.recursive, args.output_dir, args.caption_separator,
-                             settings, args.thumb_size, args.max_data_loader_n_workers, args.metadata,
-                             progress=not args.no_progress)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+        raise OptionError("--caption_separator must not be empty")
+    return ReportOptions(args.caption_extension, args.recursive, args.output_dir, args.caption_separator,
+                         dataset_args.bucket_settings(args), args.thumb_size, args.max_data_loader_n_workers,
+                         args.metadata, progress=not args.no_progress)
 
 
 def serve(args: argparse.Namespace, options: ReportOptions) -> int:
@@ -78,7 +74,7 @@ def serve(args: argparse.Namespace, options: ReportOptions) -> int:
     from library.review.server import ReviewServer, serve as serve_forever
 
     if options.metadata_path:
-        raise FatalError("--serve edits caption files; it cannot edit captions read from --metadata")
+        raise OptionError("--serve edits caption files; it cannot edit captions read from --metadata")
     page = args.out or default_page_path(args.train_data_dir, args.output_dir)
     thumbs = thumbs_dir_for(os.path.abspath(page))
     data = collect_report(args.train_data_dir, options, thumbs)  # thumbnails made once, before the first visit

@@ -19,7 +19,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from finetune import cli
 from library.dataset.caption_edit import CaptionEdit, edit_captions
-from library.errors import FatalError
+from library.errors import OptionError
 from library.sidecars import split_caption
 
 HELP = {
@@ -83,26 +83,19 @@ def build_edit(args: argparse.Namespace) -> CaptionEdit:
     pairs = []
     if args.command == "replace":
         if len(args.pairs) % 2:
-            raise FatalError("replace needs OLD NEW pairs (an even number of arguments)")
+            raise OptionError("replace needs OLD NEW pairs (an even number of arguments)")
         pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
-    try:
-        return CaptionEdit(args.command, tags=tags, replacements=pairs, substring=getattr(args, "substring", False),
-                           keep_first=getattr(args, "keep_first", 0), ignore_case=args.ignore_case,
-                           lines=args.lines)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    return CaptionEdit(args.command, tags=tags, replacements=pairs, substring=getattr(args, "substring", False),
+                       keep_first=getattr(args, "keep_first", 0), ignore_case=args.ignore_case, lines=args.lines)
 
 
 def main(args: argparse.Namespace) -> int:
     cli.resolve_caption_extension(args)
     if not args.caption_separator:
-        raise FatalError("--caption_separator must not be empty")
-    try:
-        outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.caption_separator,
-                                recursive=args.recursive, dry_run=args.dry_run,
-                                create_missing=getattr(args, "create_missing", False))
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+        raise OptionError("--caption_separator must not be empty")
+    outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.caption_separator,
+                            recursive=args.recursive, dry_run=args.dry_run,
+                            create_missing=getattr(args, "create_missing", False))
     for line in outcome.lines(show=args.show):
         print(line)
     return cli.EXIT_OK

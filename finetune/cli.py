@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Callable
 
-from library.errors import FatalError
+from library.errors import FatalError, OptionError
 from library.runtime import is_main_process, limit_openmp_spinning, process_rank, setup_logging
 
 logger = logging.getLogger("captionkit")
@@ -219,11 +219,11 @@ def ray_options(args: argparse.Namespace):
 
     if not getattr(args, "ray", False):
         if getattr(args, "ray_output", None):
-            raise FatalError("--ray_output needs --ray")
+            raise OptionError("--ray_output needs --ray")
         return None
     require_ray()
     if args.ray_output and any(getattr(args, f, None) for f in ("dataset_config", "bucket_report", "report")):
-        raise FatalError("--dataset_config, --bucket_report and --report need caption files: leave --ray_output out")
+        raise OptionError("--dataset_config, --bucket_report and --report need caption files: leave --ray_output out")
     return RayOptions(address=args.ray_address, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
                       cpus_per_actor=args.ray_cpus_per_actor, output=Path(args.ray_output) if args.ray_output else None)
 
@@ -248,10 +248,7 @@ def result_writer(ray, default: Callable[[], object], resume: bool):
         return default()
     from library.outputs.table import TableOutput
 
-    try:
-        return TableOutput(ray.output, resume)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    return TableOutput(ray.output, resume)
 
 
 def resolve_caption_extension(args: argparse.Namespace) -> None:

@@ -16,7 +16,6 @@ import sys
 import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from finetune import cli, dataset_args
-from library.errors import FatalError
 from library.dataset.resize import resize_images
 
 
@@ -40,10 +39,7 @@ def setup_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = dataset_args.bucket_settings(args)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    settings = dataset_args.bucket_settings(args)
     outcome = resize_images(args.train_data_dir, args.output_dir, settings, recursive=args.recursive,
                             exif_transpose=args.exif_transpose, quality=args.quality,
                             workers=args.max_data_loader_n_workers, progress=not args.no_progress)
