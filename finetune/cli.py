@@ -8,7 +8,8 @@ import sys
 from typing import Callable
 
 from library.errors import FatalError, OptionError
-from library.runtime import is_main_process, limit_openmp_spinning, process_rank, setup_logging
+from library.runtime import (is_main_process, limit_openmp_spinning, log_around_progress_bars, process_rank,
+                             setup_logging)
 
 logger = logging.getLogger("captionkit")
 
@@ -269,7 +270,8 @@ def run_script(main: Callable[[argparse.Namespace], int], parser: argparse.Argum
         logger.info("process rank %d: only rank 0 writes captions; nothing to do here", process_rank())
         return EXIT_OK
     try:
-        return main(args)
+        with log_around_progress_bars():
+            return main(args)
     except fatal_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FATAL
