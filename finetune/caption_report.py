@@ -39,7 +39,7 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="the captions are in this folder, mirroring the dataset tree (as written with --output_dir)")
     p.add_argument("--metadata", type=str, default=None, metavar="PATH.json",
                    help="read captions from this sd-scripts metadata file (.json/.jsonl) instead of caption files")
-    p.add_argument("--caption_separator", type=str, default=", ", help="tag separator (default ', ')")
+    p.add_argument("--caption_separator", type=cli.separator_arg, default=", ", help="tag separator (default ', ')")
     p.add_argument("--thumb_size", type=cli.positive_int, default=256, help="thumbnail size in pixels (default 256)")
     p.add_argument("--max_data_loader_n_workers", type=cli.non_negative_int, default=None,
                    help="processes that make thumbnails (default: one per CPU core, at most 16; 0 = none)")
@@ -62,8 +62,6 @@ def setup_parser() -> argparse.ArgumentParser:
 
 def build_options(args: argparse.Namespace) -> ReportOptions:
     cli.resolve_caption_extension(args)
-    if not args.caption_separator:
-        raise OptionError("--caption_separator must not be empty")
     return ReportOptions(args.caption_extension, args.recursive, args.output_dir, args.caption_separator,
                          dataset_args.bucket_settings(args), args.thumb_size, args.max_data_loader_n_workers,
                          args.metadata, progress=not args.no_progress)

@@ -46,7 +46,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="include subfolders")
     p.add_argument("--caption_extension", type=str, default=".txt", help="caption file extension (default .txt)")
     p.add_argument("--caption_extention", type=str, default=None, help="old misspelling, still accepted")
-    p.add_argument("--caption_separator", "--separator", type=str, default=", ",
+    p.add_argument("--caption_separator", "--separator", type=cli.separator_arg, default=", ",
                    help="tag separator (default ', '); --separator is its old name")
     p.add_argument("--dry_run", action="store_true", help="show what would change; write nothing")
     p.add_argument("--ignore_case", action="store_true", help="'Smile' matches 'smile'")
@@ -91,8 +91,6 @@ def build_edit(args: argparse.Namespace) -> CaptionEdit:
 
 def main(args: argparse.Namespace) -> int:
     cli.resolve_caption_extension(args)
-    if not args.caption_separator:
-        raise OptionError("--caption_separator must not be empty")
     outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.caption_separator,
                             recursive=args.recursive, dry_run=args.dry_run,
                             create_missing=getattr(args, "create_missing", False))

@@ -106,6 +106,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def separator_arg(text: str) -> str:
+    """A tag separator: any non-empty text (', ', ' | ', a single space)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (a space is fine)")
+    return text
+
+
 def int_in_range(low: int, high: int, what: str):
     """An argparse type: a lenient int between low and high inclusive, e.g. int_in_range(1, 100, "quality")."""
 

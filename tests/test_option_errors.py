@@ -56,7 +56,9 @@ def test_scripts_print_one_line_for_a_bad_option(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     code, err = run(caption_tools, ["sort", tmp_path / "data", "--caption_extension", "."], capsys)
     assert (code, err.strip()) == (1, "error: caption extension must not be empty (e.g. .txt or .caption)")
-    code, err = run(caption_tools, ["prefix", tmp_path / "data", "x", "--separator", ""], capsys)
-    assert (code, err.strip()) == (1, "error: --caption_separator must not be empty")
+    with pytest.raises(SystemExit) as stop:  # refused while parsing, as every malformed value is
+        run(caption_tools, ["prefix", tmp_path / "data", "x", "--separator", ""], capsys)
+    assert stop.value.code == 2 and "argument --caption_separator/--separator: must not be empty" in \
+        capsys.readouterr().err
     code, err = run(dataset_report, [], capsys)
     assert (code, err.strip()) == (1, "error: give a folder or --dataset_config PATH.toml")
