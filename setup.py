@@ -25,5 +25,6 @@ setup(
         "ray": ["ray[data]>=2.10"],  # override_num_blocks (library.distributed.runner) arrived in 2.10; tested with 2.60
         "quantization": ["bitsandbytes>=0.43"],
         "fp16": ["onnx>=1.16"],  # the tagger's --fp16 model conversion
+        "nvml": ["nvidia-ml-py>=12.535"],  # free GPU memory sizes the tagger's batch (GPU UUIDs in CUDA_VISIBLE_DEVICES)
     },
 )

@@ -19,7 +19,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 from finetune import cli, dataset_args
 from library.review.report import (ReportOptions, default_page_path, thumbs_dir_for,
                                     write_report)
-from library.errors import FatalError
+from library.errors import OptionError
 
 DEFAULT_PORT = 8765
 
@@ -28,7 +28,7 @@ port_arg = cli.int_in_range(0, 65535, "port")
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="the captioned folder (or one image)")
     p.add_argument("--out", type=str, default=None, metavar="PATH.html",
                    help="page to write (default: caption_report.html in the caption folder); thumbnails go to "
@@ -39,7 +39,7 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="the captions are in this folder, mirroring the dataset tree (as written with --output_dir)")
     p.add_argument("--metadata", type=str, default=None, metavar="PATH.json",
                    help="read captions from this sd-scripts metadata file (.json/.jsonl) instead of caption files")
-    p.add_argument("--caption_separator", type=str, default=", ", help="tag separator (default ', ')")
+    p.add_argument("--caption_separator", type=cli.separator_arg, default=", ", help="tag separator (default ', ')")
     p.add_argument("--thumb_size", type=cli.positive_int, default=256, help="thumbnail size in pixels (default 256)")
     p.add_argument("--max_data_loader_n_workers", type=cli.non_negative_int, default=None,
                    help="processes that make thumbnails (default: one per CPU core, at most 16; 0 = none)")
@@ -62,15 +62,9 @@ def setup_parser() -> argparse.ArgumentParser:
 
 def build_options(args: argparse.Namespace) -> ReportOptions:
     cli.resolve_caption_extension(args)
-    if not args.caption_separator:
-        raise FatalError("--caption_separator must not be empty")
-    try:
-        settings = dataset_args.bucket_settings(args)
-        return ReportOptions(args.caption_extension, args.recursive, args.output_dir, args.caption_separator,
-                             settings, args.thumb_size, args.max_data_loader_n_workers, args.metadata,
-                             progress=not args.no_progress)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    return ReportOptions(args.caption_extension, args.recursive, args.output_dir, args.caption_separator,
+                         dataset_args.bucket_settings(args), args.thumb_size, args.max_data_loader_n_workers,
+                         args.metadata, progress=not args.no_progress)
 
 
 def serve(args: argparse.Namespace, options: ReportOptions) -> int:
@@ -78,7 +72,7 @@ def serve(args: argparse.Namespace, options: ReportOptions) -> int:
     from library.review.server import ReviewServer, serve as serve_forever
 
     if options.metadata_path:
-        raise FatalError("--serve edits caption files; it cannot edit captions read from --metadata")
+        raise OptionError("--serve edits caption files; it cannot edit captions read from --metadata")
     page = args.out or default_page_path(args.train_data_dir, args.output_dir)
     thumbs = thumbs_dir_for(os.path.abspath(page))
     data = collect_report(args.train_data_dir, options, thumbs)  # thumbnails made once, before the first visit

@@ -19,7 +19,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from finetune import cli
 from library.dataset.caption_edit import CaptionEdit, edit_captions
-from library.errors import FatalError
+from library.errors import OptionError
 from library.sidecars import split_caption
 
 HELP = {
@@ -46,7 +46,8 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="include subfolders")
     p.add_argument("--caption_extension", type=str, default=".txt", help="caption file extension (default .txt)")
     p.add_argument("--caption_extention", type=str, default=None, help="old misspelling, still accepted")
-    p.add_argument("--separator", type=str, default=", ", help="tag separator (default ', ')")
+    p.add_argument("--caption_separator", "--separator", type=cli.separator_arg, default=", ",
+                   help="tag separator (default ', '); --separator is its old name")
     p.add_argument("--dry_run", action="store_true", help="show what would change; write nothing")
     p.add_argument("--ignore_case", action="store_true", help="'Smile' matches 'smile'")
     p.add_argument("--lines", type=lines_arg, default=None,
@@ -56,10 +57,11 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in HELP.items():
-        sp = subs.add_parser(name, help=text, description=text)
+        sp = subs.add_parser(name, help=text, description=text,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(sp)
         if name in ("prefix", "suffix", "remove"):
             sp.add_argument("tags", nargs="+", help="tags, as separate arguments or one separated list")
@@ -77,30 +79,21 @@ def setup_parser() -> argparse.ArgumentParser:
 
 
 def build_edit(args: argparse.Namespace) -> CaptionEdit:
-    tags = [t for text in getattr(args, "tags", []) or [] for t in split_caption(text, args.separator)]
+    tags = [t for text in getattr(args, "tags", []) or [] for t in split_caption(text, args.caption_separator)]
     pairs = []
     if args.command == "replace":
         if len(args.pairs) % 2:
-            raise FatalError("replace needs OLD NEW pairs (an even number of arguments)")
+            raise OptionError("replace needs OLD NEW pairs (an even number of arguments)")
         pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
-    try:
-        return CaptionEdit(args.command, tags=tags, replacements=pairs, substring=getattr(args, "substring", False),
-                           keep_first=getattr(args, "keep_first", 0), ignore_case=args.ignore_case,
-                           lines=args.lines)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    return CaptionEdit(args.command, tags=tags, replacements=pairs, substring=getattr(args, "substring", False),
+                       keep_first=getattr(args, "keep_first", 0), ignore_case=args.ignore_case, lines=args.lines)
 
 
 def main(args: argparse.Namespace) -> int:
     cli.resolve_caption_extension(args)
-    if not args.separator:
-        raise FatalError("--separator must not be empty")
-    try:
-        outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.separator,
-                                recursive=args.recursive, dry_run=args.dry_run,
-                                create_missing=getattr(args, "create_missing", False))
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    outcome = edit_captions(args.train_data_dir, build_edit(args), args.caption_extension, args.caption_separator,
+                            recursive=args.recursive, dry_run=args.dry_run,
+                            create_missing=getattr(args, "create_missing", False))
     for line in outcome.lines(show=args.show):
         print(line)
     return cli.EXIT_OK

@@ -1,4 +1,4 @@
-"""Shared command-line plumbing for the scripts: lenient number types, common flags, exit codes."""
+"""Shared command-line plumbing for the scripts: the parser (snake_case and dash-case), number types, common flags."""
 
 from __future__ import annotations
 
@@ -7,12 +7,78 @@ import logging
 import sys
 from typing import Callable
 
-from library.errors import FatalError
-from library.runtime import is_main_process, limit_openmp_spinning, process_rank, setup_logging
+from library.errors import FatalError, OptionError
+from library.runtime import (is_main_process, limit_openmp_spinning, log_around_progress_bars, process_rank,
+                             setup_logging)
 
 logger = logging.getLogger("captionkit")
 
 EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 130
+SPELLING_NOTE = "Every option may also be written with dashes: --batch-size = --batch_size."
+
+
+def _spellings(option: str, boolean_optional: bool) -> set[str]:
+    """'--batch_size' -> {'--batch_size', '--batch-size'}; a BooleanOptionalAction's '--no-' prefix stays as is."""
+    if not option.startswith("--") or len(option) < 3:
+        return {option}
+    body = option[2:]
+    prefix = "no-" if boolean_optional and body.startswith("no-") else ""
+    rest = body[len(prefix):]
+    return {option, f"--{prefix}{rest.replace('-', '_')}", f"--{prefix}{rest.replace('_', '-')}"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with every long option accepted as --snake_case and as --dash-case (one action, one dest).
+
+    The option strings given to add_argument are the canonical ones (help and errors show them); the other
+    spelling of each is registered before parsing, for argument groups too. Abbreviations stay allowed (sd-scripts
+    users rely on them), and a prefix that matches only the two spellings of one option is not ambiguous.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("epilog") is None:
+            kwargs["epilog"] = SPELLING_NOTE
+        super().__init__(*args, **kwargs)
+        self._canonical: dict[str, str] = {}  # other spelling -> the option string it stands for
+
+    def add_spellings(self) -> None:
+        """Register the other spelling of every option string (idempotent; parse_known_args calls it)."""
+        for action in self._actions:
+            boolean_optional = isinstance(action, argparse.BooleanOptionalAction)
+            for option in list(action.option_strings):
+                for other in _spellings(option, boolean_optional) - {option}:
+                    owner = self._option_string_actions.get(other)
+                    if owner is None:
+                        self._option_string_actions[other] = action
+                        self._canonical[other] = option
+                    elif owner is not action:
+                        raise ValueError(f"{other} is both another spelling of {option} and an option of its own")
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.add_spellings()
+        return super().parse_known_args(args, namespace)
+
+    def _get_option_tuples(self, option_string):
+        # an abbreviation matching both spellings of one option names that option once, by its canonical string
+        # (tuple layouts differ between Python versions; the matched option string is always the second element)
+        tuples, seen = [], set()
+        for found in map(self._to_canonical, super()._get_option_tuples(option_string)):
+            if found[1] not in seen:
+                seen.add(found[1])
+                tuples.append(found)
+        return tuples
+
+    def _parse_optional(self, arg_string):
+        # hand actions the canonical option string (BooleanOptionalAction reads its '--no-' prefix from it)
+        parsed = super()._parse_optional(arg_string)
+        if isinstance(parsed, list):  # Python 3.12.7+/3.13: a list of tuples
+            return [self._to_canonical(found) for found in parsed]
+        return self._to_canonical(parsed) if parsed is not None else None
+
+    def _to_canonical(self, found: tuple) -> tuple:
+        if found[0] is None or found[1] not in self._canonical:
+            return found
+        return (found[0], self._canonical[found[1]], *found[2:])
 
 
 def lenient_int(text: str) -> int:
@@ -38,6 +104,13 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
     return value
+
+
+def separator_arg(text: str) -> str:
+    """A tag separator: any non-empty text (', ', ' | ', a single space)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (a space is fine)")
+    return text
 
 
 def int_in_range(low: int, high: int, what: str):
@@ -70,13 +143,36 @@ def add_common_run_args(parser: argparse.ArgumentParser, caption_extension: str,
     add_caption_extension_args(parser, caption_extension)
     parser.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
     parser.add_argument("--debug", action="store_true", help="log every caption as it is written")
-    parser.add_argument("--skip_existing", action="store_true",
-                        help="resume: skip images that already have a caption file (or an --output_path entry)")
+    add_resume_args(parser, skip_by_default=False)
     parser.add_argument("--output_dir", type=str, default=None,
                         help="write caption files into this folder, mirroring the input tree (for read-only datasets)")
     parser.add_argument("--device", type=str, default="auto", help=device_help)
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_failures_arg(parser)
+
+
+def add_resume_args(parser: argparse.ArgumentParser, skip_by_default: bool) -> None:
+    """--skip_existing or --overwrite: what a run does with images that already have a caption.
+
+    skip_by_default: the script's default when neither is given (sd-scripts-named scripts overwrite, as sd-scripts
+    does; dual_caption.py skips, as its users expect). Read the choice with resume_flag().
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--skip_existing", action="store_true",
+                       help="resume: skip images that already have a caption (a caption file, or an entry in "
+                            "--output_path / --ray_output)" + (" (default)" if skip_by_default else ""))
+    group.add_argument("--overwrite", action="store_true",
+                       help="caption every image again, replacing existing captions"
+                            + ("" if skip_by_default else " (default)"))
+
+
+def resume_flag(args: argparse.Namespace, default: bool) -> bool:
+    """Whether existing captions are skipped: True with --skip_existing, False with --overwrite, else `default`."""
+    if getattr(args, "skip_existing", False):
+        return True
+    if getattr(args, "overwrite", False):
+        return False
+    return default
 
 
 def add_failures_arg(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +200,8 @@ def add_caption_extension_args(parser: argparse.ArgumentParser, default: str | N
 
 
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
-    """--ray and its options (Ray Data across GPUs and machines; docs/ray.md): call once in setup_parser()."""
-    g = parser.add_argument_group("Ray cluster (pip install \"ray[data]\"; see docs/ray.md)")
+    """--ray and its options (Ray Data across GPUs and machines; the --ray section of README.md): call once."""
+    g = parser.add_argument_group("Ray cluster (pip install \"ray[data]\"; see the --ray section of README.md)")
     g.add_argument("--ray", action="store_true",
                    help="run on Ray Data: one model per GPU, on this machine or a cluster. The input may also be "
                         "a WebDataset .tar shard, a folder of shards, or a .parquet table of image paths (and bytes)")
@@ -131,11 +227,11 @@ def ray_options(args: argparse.Namespace):
 
     if not getattr(args, "ray", False):
         if getattr(args, "ray_output", None):
-            raise FatalError("--ray_output needs --ray")
+            raise OptionError("--ray_output needs --ray")
         return None
     require_ray()
     if args.ray_output and any(getattr(args, f, None) for f in ("dataset_config", "bucket_report", "report")):
-        raise FatalError("--dataset_config, --bucket_report and --report need caption files: leave --ray_output out")
+        raise OptionError("--dataset_config, --bucket_report and --report need caption files: leave --ray_output out")
     return RayOptions(address=args.ray_address, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor,
                       cpus_per_actor=args.ray_cpus_per_actor, output=Path(args.ray_output) if args.ray_output else None)
 
@@ -160,10 +256,7 @@ def result_writer(ray, default: Callable[[], object], resume: bool):
         return default()
     from library.outputs.table import TableOutput
 
-    try:
-        return TableOutput(ray.output, resume)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    return TableOutput(ray.output, resume)
 
 
 def resolve_caption_extension(args: argparse.Namespace) -> None:
@@ -184,7 +277,8 @@ def run_script(main: Callable[[argparse.Namespace], int], parser: argparse.Argum
         logger.info("process rank %d: only rank 0 writes captions; nothing to do here", process_rank())
         return EXIT_OK
     try:
-        return main(args)
+        with log_around_progress_bars():
+            return main(args)
     except fatal_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FATAL

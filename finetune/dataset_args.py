@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from finetune import cli
-from library.dataset.buckets import BucketSettings, as_resolution
-from library.dataset.config import DEFAULT_RESOLUTION, add_metadata_subset, default_bucket_bounds, write_dataset_config
+from library.dataset.buckets import BUCKET_KEYS, DEFAULT_RESOLUTION, BucketSettings, as_resolution, default_bucket_settings
+from library.dataset.config import add_metadata_subset, write_dataset_config
 from library.dataset.report import config_report, folder_report
-from library.errors import FatalError
 from library.dataset.metadata_merge import merge_sidecars_to_metadata
 
 
@@ -65,8 +64,8 @@ def after_run(args: argparse.Namespace, image_root: str | Path, caption_extensio
         if config:
             lines += config_report(config)
         else:
-            settings = BucketSettings((DEFAULT_RESOLUTION,) * 2, True, *default_bucket_bounds(DEFAULT_RESOLUTION))
-            lines += folder_report(image_root, caption_extension, settings, getattr(args, "recursive", False),
+            lines += folder_report(image_root, caption_extension, default_bucket_settings(),
+                                   getattr(args, "recursive", False),
                                    (separator or ",").strip() or " ")
     return lines
 
@@ -119,24 +118,17 @@ def add_bucket_args(parser: argparse.ArgumentParser) -> None:
 
 def bucket_overrides(args: argparse.Namespace) -> dict:
     """The bucket flags the user gave, as sd-scripts config keys."""
-    keys = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
-            "bucket_no_upscale")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in BUCKET_KEYS if getattr(args, k, None) is not None}
 
 
 def bucket_settings(args: argparse.Namespace) -> BucketSettings:
     """BucketSettings from the bucket flags, with the same defaults make_dataset_config.py writes."""
-    given = bucket_overrides(args)
-    resolution = as_resolution(given.get("resolution", DEFAULT_RESOLUTION))
-    steps = given.get("bucket_reso_steps", 64)
-    low, high = default_bucket_bounds(resolution, steps)
-    return BucketSettings(resolution, given.get("enable_bucket", True), given.get("min_bucket_reso", low),
-                          given.get("max_bucket_reso", high), steps, given.get("bucket_no_upscale", False))
+    return default_bucket_settings(bucket_overrides(args))
 
 
 def merge_parser(description: str, default_extension: str, what: str) -> argparse.ArgumentParser:
     """sd-scripts' merge_*_to_metadata.py command line, plus --dataset_config."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of training images")
     p.add_argument("out_json", type=str, help="metadata file to write (.json; .jsonl for JSON Lines)")
     p.add_argument("--in_json", type=str, default=None,
@@ -157,11 +149,8 @@ def merge_parser(description: str, default_extension: str, what: str) -> argpars
 def merge_main(args: argparse.Namespace, field: str) -> int:
     """Run a metadata merge from its parsed arguments and print the summary."""
     cli.resolve_caption_extension(args)
-    try:
-        result = merge_sidecars_to_metadata(args.train_data_dir, args.out_json, field, args.caption_extension,
-                                            in_path=args.in_json, recursive=args.recursive, debug=args.debug)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    result = merge_sidecars_to_metadata(args.train_data_dir, args.out_json, field, args.caption_extension,
+                                        in_path=args.in_json, recursive=args.recursive, debug=args.debug)
     for line in result.lines():
         print(line)
     if args.dataset_config:

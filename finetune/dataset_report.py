@@ -17,11 +17,11 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 from finetune import cli, dataset_args
 from library.dataset.report import config_report, folder_report
 from library.dataset.scan import detect_caption_extension
-from library.errors import FatalError
+from library.errors import OptionError
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, nargs="?", default=None, help="the captioned folder")
     p.add_argument("--dataset_config", type=str, default=None, metavar="PATH.toml",
                    help="report every dataset of this sd-scripts config instead of a folder")
@@ -40,14 +40,11 @@ def main(args: argparse.Namespace) -> int:
         lines = config_report(args.dataset_config, args.top_tags, default_resolution=args.resolution)
     elif args.train_data_dir:
         extension = args.caption_extension or detect_caption_extension(args.train_data_dir, args.recursive)
-        try:
-            settings = dataset_args.bucket_settings(args)
-        except ValueError as exc:
-            raise FatalError(str(exc)) from None
+        settings = dataset_args.bucket_settings(args)
         separator = args.caption_separator.strip() or " "
         lines = folder_report(args.train_data_dir, extension, settings, args.recursive, separator, args.top_tags)
     else:
-        raise FatalError("give a folder or --dataset_config PATH.toml")
+        raise OptionError("give a folder or --dataset_config PATH.toml")
     for line in lines:
         print(line)
     return cli.EXIT_OK

@@ -6,7 +6,7 @@ skipped unless --overwrite.
 Examples:
     python finetune/dual_caption.py ./dataset --recursive
     python finetune/dual_caption.py ./dataset --api_base http://localhost:8000/v1 --api_concurrency 16
-    python finetune/dual_caption.py ./dataset --mode description --desc-type Descriptive --desc-length long
+    python finetune/dual_caption.py ./dataset --mode description --desc_type Descriptive --desc_length long
 """
 
 from __future__ import annotations
@@ -29,77 +29,77 @@ logger = logging.getLogger("captionkit")
 DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption.local.DEFAULT_MODEL
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add --a-b with --a_b as an alias (or the other way round), as the other captionkit scripts accept both."""
-    stem = name.lstrip("-")
-    dashed, underscored = "--" + stem.replace("_", "-"), "--" + stem.replace("-", "_")
-    names = [name] + [n for n in (dashed, underscored) if n != name]
-    parser.add_argument(*names, dest=stem.replace("-", "_"), **kwargs)
-
-
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image_path", nargs="?", help="folder of images (or one image file)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
-    _flag(p, "--batch-size", type=cli.positive_int, default=None,
-          help="images per batch (default: from free GPU memory, halved on out-of-memory; API: 4 x concurrency)")
+    p.add_argument("--batch_size", type=cli.positive_int, default=None,
+                   help="images per batch (default: from free GPU memory, halved on out-of-memory; "
+                        "API: 4 x concurrency)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
-    _flag(p, "--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
-    _flag(p, "--top-k", type=cli.non_negative_int, default=None, help="top-k sampling (default off)")
+    p.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
+    p.add_argument("--top_k", type=cli.non_negative_int, default=None, help="top-k sampling (default off)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (deterministic)")
     p.add_argument("--seed", type=cli.lenient_int, default=42, help="random seed for sampling (default 42)")
-    _flag(p, "--num-workers", type=cli.non_negative_int, default=4,
-          help="processes that decode and resize images (default 4; 0 = none)")
+    p.add_argument("--num_workers", type=cli.non_negative_int, default=4,
+                   help="processes that decode and resize images (default 4; 0 = none)")
     p.add_argument("--max_data_loader_n_workers", dest="num_workers", type=cli.non_negative_int,
                    help=argparse.SUPPRESS)
-    p.add_argument("--overwrite", action="store_true", help="caption images that already have a caption file")
+    cli.add_resume_args(p, skip_by_default=True)
     p.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
-    _flag(p, "--caption-extension", default=".txt", help="caption file extension (default .txt)")
+    p.add_argument("--caption_extension", default=".txt", help="caption file extension (default .txt)")
     p.add_argument("--caption_extention", dest="caption_extension", help=argparse.SUPPRESS)
-    _flag(p, "--output-dir", default=None, help="write caption files here, mirroring the input tree")
+    p.add_argument("--output_dir", default=None, help="write caption files here, mirroring the input tree")
     p.add_argument("--mode", choices=MODES, default="dual",
                    help="dual (default): tags line + description line; tags or description: that caption only")
-    g = p.add_argument_group("prompts (JoyCaption's own prompt set; see --list-prompts)")
-    _flag(g, "--list-prompts", action="store_true", help="show caption types, lengths and extra options, and exit")
-    _flag(g, "--tags-type", default=jp.DEFAULT_TAGS_TYPE, help=f"default {jp.DEFAULT_TAGS_TYPE!r}")
-    _flag(g, "--tags-length", default=jp.DEFAULT_TAGS_LENGTH,
-          help=f"'any', very short ... very long, or a number of words (default {jp.DEFAULT_TAGS_LENGTH})")
-    _flag(g, "--desc-type", default=jp.DEFAULT_DESC_TYPE, help=f"default {jp.DEFAULT_DESC_TYPE!r}")
-    _flag(g, "--desc-length", default=jp.DEFAULT_DESC_LENGTH,
-          help=f"as --tags-length (default {jp.DEFAULT_DESC_LENGTH})")
-    _flag(g, "--extra-option", action="append", default=[],
-          help="extra option for the description, by number or text; repeatable")
-    _flag(g, "--tags-extra-option", action="append", default=[], help="extra option for the tag list; repeatable")
+    g = p.add_argument_group("prompts (JoyCaption's own prompt set; see --list_prompts)")
+    g.add_argument("--list_prompts", action="store_true",
+                   help="show caption types, lengths and extra options, and exit")
+    g.add_argument("--tags_type", default=jp.DEFAULT_TAGS_TYPE, help=f"default {jp.DEFAULT_TAGS_TYPE!r}")
+    g.add_argument("--tags_length", default=jp.DEFAULT_TAGS_LENGTH,
+                   help=f"'any', very short ... very long, or a number of words "
+                        f"(default {jp.DEFAULT_TAGS_LENGTH})")
+    g.add_argument("--desc_type", default=jp.DEFAULT_DESC_TYPE, help=f"default {jp.DEFAULT_DESC_TYPE!r}")
+    g.add_argument("--desc_length", default=jp.DEFAULT_DESC_LENGTH,
+                   help=f"as --tags_length (default {jp.DEFAULT_DESC_LENGTH})")
+    g.add_argument("--extra_option", action="append", default=[],
+                   help="extra option for the description, by number or text; repeatable")
+    g.add_argument("--tags_extra_option", action="append", default=[],
+                   help="extra option for the tag list; repeatable")
     g.add_argument("--name", default=None, help="name for the person/character extra option (number 1)")
-    _flag(g, "--system-prompt", default=jp.SYSTEM_PROMPT, help="system message (default: JoyCaption's batch one)")
-    _flag(g, "--tags-max-new-tokens", type=cli.positive_int, default=300, help="token limit of the tags (300)")
-    _flag(g, "--desc-max-new-tokens", type=cli.positive_int, default=512,
-          help="token limit of the description (512)")
-    _flag(g, "--max-retries", type=cli.non_negative_int, default=2,
-          help="retries of a caption that loops, refuses, comes back empty or hits its token limit (default 2); "
-               "one that still loops, refuses or is empty is reported as failed and no file is written, one "
-               "that is only cut off is written with a warning")
+    g.add_argument("--system_prompt", default=jp.SYSTEM_PROMPT,
+                   help="system message (default: JoyCaption's batch one)")
+    g.add_argument("--tags_max_new_tokens", type=cli.positive_int, default=300, help="token limit of the tags (300)")
+    g.add_argument("--desc_max_new_tokens", type=cli.positive_int, default=512,
+                   help="token limit of the description (512)")
+    g.add_argument("--max_retries", type=cli.non_negative_int, default=2,
+                   help="retries of a caption that loops, refuses, comes back empty or hits its token limit "
+                        "(default 2); one that still loops, refuses or is empty is reported as failed and no file "
+                        "is written, one that is only cut off is written with a warning")
     loc = p.add_argument_group("local model")
     loc.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
                      help="bitsandbytes quantisation of the language model (CUDA; the vision tower stays as is)")
     loc.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     loc.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16")
     api = p.add_argument_group("OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp, hosted APIs)")
-    _flag(api, "--api_base", default=None, help="server URL, e.g. http://localhost:8000/v1; uses the server "
-                                                  "instead of a local model")
-    _flag(api, "--api_model", default=None, help="served model name (default: the first one the server lists)")
-    _flag(api, "--api_key_env", default=None,
-          help="environment variable holding the API key (default OPENAI_API_KEY, used when set)")
-    _flag(api, "--api_concurrency", type=cli.positive_int, default=4, help="parallel requests (default 4)")
-    _flag(api, "--api_timeout", type=float, default=120.0, help="seconds per request before a retry (120)")
-    _flag(api, "--api_retries", type=cli.non_negative_int, default=5,
-          help="retries on 429/5xx/timeouts, with exponential backoff and Retry-After (default 5)")
-    _flag(api, "--api_backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
-    _flag(api, "--api_image_size", type=cli.non_negative_int, default=384,
-          help="upload images squashed to this square (384, JoyCaption's input); 0 = keep their own size")
+    api.add_argument("--api_base", default=None,
+                     help="server URL, e.g. http://localhost:8000/v1; uses the server instead of a local model")
+    api.add_argument("--api_model", default=None,
+                     help="served model name (default: the first one the server lists)")
+    api.add_argument("--api_key_env", default=None,
+                     help="environment variable holding the API key (default OPENAI_API_KEY, used when set)")
+    api.add_argument("--api_concurrency", type=cli.positive_int, default=4, help="parallel requests (default 4)")
+    api.add_argument("--api_timeout", type=float, default=120.0, help="seconds per request before a retry (120)")
+    api.add_argument("--api_retries", type=cli.non_negative_int, default=5,
+                     help="retries on 429/5xx/timeouts, with exponential backoff and Retry-After (default 5)")
+    api.add_argument("--api_backoff", type=float, default=1.0,
+                     help="first retry delay in seconds, doubled each time")
+    api.add_argument("--api_image_size", type=cli.non_negative_int, default=384,
+                     help="upload images squashed to this square (384, JoyCaption's input); "
+                          "0 = keep their own size")
     p.add_argument("--debug", action="store_true", help="log every caption")
     cli.add_failures_arg(p)
-    _flag(p, "--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     dataset_args.add_dataset_config_args(p)
     cli.add_ray_args(p)
     return p

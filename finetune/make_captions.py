@@ -23,7 +23,7 @@ from library.backends.torch_device import seed_everything
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images to caption (or one image file)")
     p.add_argument("--caption_weights", type=str, default=None,
                    help="sd-scripts' BLIP checkpoint URL; the known Salesforce URLs map to the same weights on the "

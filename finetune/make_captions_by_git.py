@@ -19,7 +19,7 @@ from library.captioners.hf_models import GenerationSettings
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images to caption (or one image file)")
     p.add_argument("--model_id", type=str, default=DEFAULT_GIT_MODEL_ID,
                    help=f"GIT model: hub id or local folder (default {DEFAULT_GIT_MODEL_ID})")

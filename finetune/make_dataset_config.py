@@ -23,7 +23,7 @@ from library.dataset.scan import detect_caption_extension
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="the captioned folder (the images' folder)")
     p.add_argument("--out", type=str, required=True, metavar="PATH.toml",
                    help="the config to write; an existing one gets subsets added, never replaced")
@@ -52,7 +52,8 @@ def setup_parser() -> argparse.ArgumentParser:
     sub.add_argument("--is_reg", action="store_true", default=None, help="these are regularisation images")
     sub.add_argument("--multiline", action="store_true",
                      help="force enable_wildcard (set automatically when any caption has several lines)")
-    p.add_argument("--report", action="store_true", help="print the bucket and caption report of the written config")
+    p.add_argument("--bucket_report", action="store_true",
+                   help="print the bucket and caption report of the written config (as dataset_report.py)")
     return p
 
 
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
                                       class_tokens=args.class_tokens, is_reg=args.is_reg, **options)
     for line in update.lines():
         print(line)
-    if args.report:
+    if args.bucket_report:
         for line in config_report(args.out):
             print(line)
     return cli.EXIT_OK

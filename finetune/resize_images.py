@@ -16,7 +16,6 @@ import sys
 import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from finetune import cli, dataset_args
-from library.errors import FatalError
 from library.dataset.resize import resize_images
 
 
@@ -24,7 +23,7 @@ quality_arg = cli.int_in_range(1, 100, "quality")
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images (left unchanged)")
     p.add_argument("output_dir", type=str, help="folder for the resized copies (the input tree is mirrored)")
     p.add_argument("--recursive", action="store_true", help="include subfolders")
@@ -40,10 +39,7 @@ def setup_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = dataset_args.bucket_settings(args)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    settings = dataset_args.bucket_settings(args)
     outcome = resize_images(args.train_data_dir, args.output_dir, settings, recursive=args.recursive,
                             exif_transpose=args.exif_transpose, quality=args.quality,
                             workers=args.max_data_loader_n_workers, progress=not args.no_progress)

@@ -35,7 +35,7 @@ class ListModels(argparse.Action):
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images to tag (or one image file)")
     p.add_argument("--list_models", action=ListModels, help="list known taggers (repo id, layout, size, licence) and exit")
     p.add_argument("--repo_id", type=str, default=DEFAULT_REPO_ID,
@@ -76,7 +76,8 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--character_tags_first", action="store_true", help="character tags before general tags")
     p.add_argument("--always_first_tags", type=str, default=None,
                    help="tags moved to the front in the order given, e.g. '1girl,1boy'")
-    p.add_argument("--caption_separator", type=str, default=", ", help="separator between tags (default ', ')")
+    p.add_argument("--caption_separator", type=cli.separator_arg, default=", ",
+                   help="separator between tags (default ', ')")
     p.add_argument("--tag_replacement", type=str, default=None,
                    help="'source1,target1;source2,target2'; escape ',' and ';' inside tags as '\\,' and '\\;'")
     p.add_argument("--character_tag_expand", action="store_true",

@@ -3,3 +3,7 @@
 
 class FatalError(Exception):
     """The run cannot start or go on (no images, no model, bad option); the message says what to do."""
+
+
+class OptionError(FatalError, ValueError):
+    """An option or setting has a value that cannot work; raised where it is validated, shown as is."""

@@ -1,10 +1,12 @@
-"""Process-level helpers for the scripts: tqdm-friendly logging, the one-writer rule, OpenMP thread behaviour."""
+"""Process-level helpers for the scripts: logging that keeps progress bars whole, the one-writer rule, OpenMP."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from typing import Iterator
 
 # Idle OpenMP threads (torch's CPU kernels) spin for a while at every barrier before sleeping. Between the many
 # small kernels of text generation that spinning takes the cores from the decode worker processes; a short spin
@@ -12,29 +14,27 @@ import sys
 OPENMP_SPIN_SETTINGS = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}  # GNU OpenMP, Intel OpenMP (ms)
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Writes log lines through tqdm so they do not break the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # noqa: BLE001 - logging must never crash the run
-            self.handleError(record)
-
-
 def setup_logging(debug: bool = False) -> None:
-    """Log INFO (DEBUG with --debug) to stderr as 'LEVEL message', through tqdm."""
+    """Log INFO (DEBUG with --debug) to stderr as 'LEVEL message' (inside log_around_progress_bars during a run)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = _TqdmHandler()
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def log_around_progress_bars() -> Iterator[None]:
+    """While inside, console log lines are written through tqdm: the progress bar is cleared, the line printed
+    whole, and the bar drawn again below it (tqdm's logging_redirect_tqdm)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield
 
 
 def process_rank() -> int:

@@ -8,12 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
+from library.errors import OptionError
+
 
 def normalize_extension(extension: str) -> str:
     """'.txt' or 'txt' -> '.txt'; an empty extension is an error (it would overwrite the image's stem file)."""
     extension = (extension or "").strip()
     if not extension or extension == ".":
-        raise ValueError("caption extension must not be empty (e.g. .txt or .caption)")
+        raise OptionError("caption extension must not be empty (e.g. .txt or .caption)")
     return extension if extension.startswith(".") else "." + extension
 
 
@@ -134,6 +136,11 @@ def read_caption(path: str | os.PathLike) -> str | None:
         return Path(path).read_text(encoding="utf-8").strip("\r\n")
     except FileNotFoundError:
         return None
+
+
+def one_line(text: str) -> str:
+    """A caption as one line: newlines and runs of whitespace become single spaces, no blanks at either end."""
+    return " ".join(text.split())
 
 
 def split_caption(text: str, separator: str) -> list[str]:

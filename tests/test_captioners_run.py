@@ -8,7 +8,8 @@ import pytest
 
 from finetune import cli
 from library.captioners.blip import BlipCaptioner
-from library.captioners.job import CaptionRunConfig, caption_images, clean_caption
+from library.captioners.job import CaptionRunConfig, caption_images
+from library.sidecars import one_line
 from library.captioners.hf_models import GenerationSettings
 from tests.fixtures.captioner_models import make_blip, make_blip2_opt, make_blip2_t5
 from tests.fixtures.images import awkward_images, bad_images, real_photos
@@ -137,5 +138,5 @@ def test_an_empty_caption_is_a_failure_not_an_empty_file(models, tmp_path):
 
 
 def test_clean_caption_makes_one_tidy_line():
-    assert clean_caption("  a dog\n on  the\tbeach \n") == "a dog on the beach"
-    assert clean_caption(" \n ") == ""
+    assert one_line("  a dog\n on  the\tbeach \n") == "a dog on the beach"
+    assert one_line(" \n ") == ""

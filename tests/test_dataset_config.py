@@ -14,7 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
 from finetune import dataset_args
 from library.dataset import toml_io
 from library.dataset.config import add_metadata_subset, write_dataset_config
-from library.errors import FatalError
+from library.errors import FatalError, OptionError
 from library.outputs.metadata import MetadataWriter
 from tests.conftest import ROOT, run_script
 from tests.fixtures.datasets import captioned_tree, make_image, write_sidecar
@@ -170,7 +170,7 @@ def test_script_round_trip_and_report(tmp_path):
     r = run_script(SCRIPT, tmp_path / "data", "--out", out, "--recursive", "--resolution", "768",
                    "--min_bucket_reso", "320", "--max_bucket_reso", "1536", "--bucket_reso_steps", "64",
                    "--no-bucket_no_upscale", "--batch_size", "2", "--num_repeats", "10", "--shuffle_caption",
-                   "--keep_tokens", "3", "--trigger", "1girl", "--class_tokens", "person", "--report",
+                   "--keep_tokens", "3", "--trigger", "1girl", "--class_tokens", "person", "--bucket_report",
                    cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     config = load(out)
@@ -217,7 +217,8 @@ def test_merging_into_an_existing_config(tmp_path):
     old, new = config["datasets"][0]["subsets"]
     assert old == {"image_dir": "other", "num_repeats": 5, "flip_aug": True}
     assert new["caption_extension"] == ".txt" and new["image_dir"].endswith("/data")
-    assert (tmp_path / "ds.toml.bak").read_text(encoding="utf-8") == EXISTING
+    assert path.read_text(encoding="utf-8").startswith(EXISTING)  # the user's comments and layout are kept
+    assert not (tmp_path / "ds.toml.bak").exists()
     write_dataset_config(path, tmp_path / "data", ".txt")  # the same folder again: not duplicated
     assert len(load(path)["datasets"][0]["subsets"]) == 2
     for cap in (tmp_path / "data").glob("*.txt"):  # the folder re-captioned with another extension
@@ -323,3 +324,114 @@ def test_captioning_scripts_wiring(tmp_path):
     dataset_args.after_run(args, tmp_path / "data", ".txt")
     config = load(tmp_path / "meta.toml")
     assert trained_images(config) == {tree["top1"].resolve(): "1girl, solo"}
+
+
+COMMENTED = """# my hand-written config: keep these notes
+[general]
+shuffle_caption = true   # every step
+keep_tokens = 1          # the trigger
+num_repeats = 3
+caption_extension = ".caption"
+resolution = 768         # SD 1.5 upscaled
+min_bucket_reso = 320
+
+# faces
+[[datasets]]
+batch_size = 2
+
+  [[datasets.subsets]]
+  image_dir = "other"   # relative, as people write them
+  flip_aug = true
+"""
+
+
+def sd_scripts_reads(path) -> dict:
+    """The config as sd-scripts' own parser (toml 0.10) reads it; it must agree with tomllib."""
+    legacy = pytest.importorskip("toml")
+    text = Path(path).read_text("utf-8")
+    assert legacy.loads(text) == tomllib.loads(text)
+    return load(path)
+
+
+def effective(config: dict, dataset: dict, sub: dict, key: str, default=None):
+    """A subset key as sd-scripts resolves it: subset, then dataset, then [general], then its default."""
+    return next((t[key] for t in (sub, dataset, config.get("general", {})) if key in t), default)
+
+
+def test_comments_survive_every_run_and_no_backup_is_needed(tmp_path):
+    captioned_tree(tmp_path / "data")
+    path = tmp_path / "ds.toml"
+    path.write_text(COMMENTED, encoding="utf-8")
+    write_dataset_config(path, tmp_path / "data", ".txt")  # run 1: a subset added
+    write_dataset_config(path, tmp_path / "data" / "sub", ".txt", num_repeats=4)  # run 2: another one
+    write_dataset_config(path, tmp_path / "data", ".txt", num_repeats=2)  # run 3: run 1's subset updated
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(COMMENTED)  # every comment, blank line and indentation of the user's file
+    assert list(tmp_path.glob("*.bak")) == [] and list(tmp_path.glob("*.tmp")) == []
+    config = sd_scripts_reads(path)
+    subs = config["datasets"][0]["subsets"]
+    assert [Path(s["image_dir"]).name for s in subs] == ["other", "data", "sub"]
+    assert (subs[1]["num_repeats"], subs[2]["num_repeats"]) == (2, 4)
+    assert "\n\n  [[datasets.subsets]]\n  image_dir = " in text[len(COMMENTED):]  # laid out like the user's own
+
+
+def test_added_subsets_inherit_what_the_users_file_sets(tmp_path):
+    captioned_tree(tmp_path / "data")
+    path = tmp_path / "ds.toml"
+    path.write_text(COMMENTED, encoding="utf-8")
+    write_dataset_config(path, tmp_path / "data", ".txt", recursive=True)
+    config = sd_scripts_reads(path)
+    dataset = config["datasets"][0]
+    for sub in dataset["subsets"][1:]:
+        assert not {"shuffle_caption", "keep_tokens", "num_repeats"} & set(sub), sub  # no plain defaults written
+        assert sub["caption_extension"] == ".txt"  # what the run wrote is always named
+        assert (effective(config, dataset, sub, "shuffle_caption"), effective(config, dataset, sub, "keep_tokens"),
+                effective(config, dataset, sub, "num_repeats")) == (True, 1, 3)
+    # what the user asks for, or what --trigger implies, is written even where [general] has a value
+    write_dataset_config(path, tmp_path / "data" / "sub", ".txt", shuffle_caption=False, trigger="a, b")
+    sub = next(s for s in sd_scripts_reads(path)["datasets"][0]["subsets"] if s["image_dir"].endswith("/sub"))
+    assert sub["shuffle_caption"] is False
+
+
+def test_a_new_dataset_inherits_the_bucket_settings_of_general(tmp_path):
+    captioned_tree(tmp_path / "data")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({str(tmp_path / "data" / "top1.png"): {"caption": "x"}}), encoding="utf-8")
+    path = tmp_path / "ds.toml"
+    path.write_text(COMMENTED, encoding="utf-8")
+    add_metadata_subset(path, meta)  # fine-tuning subsets need a dataset of their own
+    config = sd_scripts_reads(path)
+    new = config["datasets"][1]
+    assert "resolution" not in new and "min_bucket_reso" not in new  # [general]'s 768 and 320 apply
+    assert (new["max_bucket_reso"], new["enable_bucket"]) == (1536, True)  # twice the inherited resolution
+    assert not {"shuffle_caption", "keep_tokens", "num_repeats"} & set(new["subsets"][0])
+    other = tmp_path / "other.json"
+    other.write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(OptionError, match="min_bucket_reso 320 is larger"):  # checked against [general]
+        add_metadata_subset(path, other, resolution=256)
+    assert sd_scripts_reads(path) == config  # refused: the file is unchanged
+
+
+def test_old_captionkit_header_and_inline_tables(tmp_path):
+    captioned_tree(tmp_path / "data")
+    path = tmp_path / "ds.toml"
+    path.write_text("# sd-scripts dataset config written by captionkit.\n"
+                    "# Train with: --dataset_config <this file>. Comments are not kept when captionkit adds subsets.\n"
+                    "datasets = [{ resolution = 512, subsets = [{ image_dir = \"other\" }] }]  # inline\n",
+                    encoding="utf-8")
+    write_dataset_config(path, tmp_path / "data", ".txt", custom_attributes={"w": 1.5})
+    text = path.read_text(encoding="utf-8")
+    assert "Comments are not kept" not in text and "  # inline\n" in text
+    subs = sd_scripts_reads(path)["datasets"][0]["subsets"]
+    assert subs[1]["custom_attributes"] == {"w": 1.5} and subs[1]["caption_extension"] == ".txt"
+
+
+def test_a_fresh_config_is_laid_out_as_before(tmp_path):
+    root = captioned_tree(tmp_path / "data")["top1"].parent.resolve().as_posix()
+    write_dataset_config(tmp_path / "ds.toml", tmp_path / "data", ".txt", num_repeats=10)
+    assert (tmp_path / "ds.toml").read_text(encoding="utf-8") == (
+        "# sd-scripts dataset config written by captionkit.\n# Train with: --dataset_config <this file>.\n\n"
+        "[[datasets]]\nresolution = 1024\nenable_bucket = true\nmin_bucket_reso = 256\nmax_bucket_reso = 2048\n"
+        "bucket_reso_steps = 64\nbucket_no_upscale = false\n\n"
+        f"[[datasets.subsets]]\nimage_dir = \"{root}\"\ncaption_extension = \".txt\"\nnum_repeats = 10\n"
+        "shuffle_caption = false\nkeep_tokens = 0\n")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library.backends.gpu_memory import (CPU_BATCH, GPU_DEFAULT_BATCH, GPU_MAX_BATCH, free_gpu_memory, nvml_index,
-                                  tagger_batch_size)
+from library.backends.gpu_memory import (CPU_BATCH, GPU_DEFAULT_BATCH, GPU_MAX_BATCH, free_gpu_memory,
+                                         tagger_batch_size, visible_device)
 from library.errors import FatalError
 from library.backends.onnx_fp16 import float16_model, fp16_path
 from library.backends.onnx_runtime import OnnxRunner, choose_providers, create_session, cuda_device_count
@@ -159,21 +159,105 @@ def test_batch_size_sized_to_the_device(on_gpu, size, free, fp16, expected):
     assert tagger_batch_size(on_gpu, size, free, fp16) == expected
 
 
-def test_nvml_index_follows_cuda_visible_devices():
-    assert nvml_index(0, None) == 0 and nvml_index(1, "") == 1
-    assert nvml_index(0, "2,3") == 2 and nvml_index(1, "2, 3") == 3
-    assert nvml_index(2, "2,3") is None  # no such device
-    assert nvml_index(0, "GPU-8a6f1c2e") is None  # UUIDs: unknown, so the default batch is used
+def test_visible_device_follows_cuda_visible_devices():
+    assert visible_device(0, None) == 0 and visible_device(1, "") == 1
+    assert visible_device(0, "2,3") == 2 and visible_device(1, "2, 3") == 3
+    assert visible_device(2, "2,3") is None  # no such device
+    assert visible_device(0, "GPU-8a6f1c2e") == "GPU-8a6f1c2e"  # UUIDs (or a prefix of one) are passed on
+    assert visible_device(1, "3,MIG-4f2a") == "MIG-4f2a"
+    assert visible_device(1, "0,-1,1") is None and visible_device(0, "-1") is None  # CUDA stops at -1
+
+
+def nvidia_gpu_present() -> bool:
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    count = pynvml.nvmlDeviceGetCount()
+    pynvml.nvmlShutdown()
+    return count > 0
 
 
 def test_free_gpu_memory_without_nvidia_driver():
-    import ctypes
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-        pytest.skip("an NVIDIA driver is present")
-    except OSError:
+    if nvidia_gpu_present():
+        pytest.skip("an NVIDIA GPU is present")
+    assert free_gpu_memory(0) is None  # the real NVML binding, finding no driver
+
+
+class StandInNVML:
+    """Two GPUs as NVML reports them: only the NVML calls are stood in, for machines without an NVIDIA GPU."""
+
+    class NVMLError(Exception):
         pass
-    assert free_gpu_memory(0) is None
+
+    GPUS = [("GPU-8a6f1c2e-0000-1111-2222-333344445555", 10 * 1024 ** 3),
+            ("GPU-9b70d3f4-6666-7777-8888-999900001111", 30 * 1024 ** 3)]
+
+    def __init__(self):
+        self.open = 0
+
+    def nvmlInit(self):
+        self.open += 1
+
+    def nvmlShutdown(self):
+        self.open -= 1
+
+    def nvmlDeviceGetCount(self):
+        return len(self.GPUS)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        if not 0 <= index < len(self.GPUS):
+            raise self.NVMLError("Invalid Argument")
+        return index
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        for index, (known, _) in enumerate(self.GPUS):
+            if known == uuid:
+                return index
+        raise self.NVMLError("Not Found")
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.GPUS[handle][0].encode()  # older nvidia-ml-py releases return bytes
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return type("Memory", (), {"free": self.GPUS[handle][1], "total": 80 * 1024 ** 3})()
+
+
+@pytest.mark.parametrize("visible,index,expected", [
+    (None, 1, 30), ("1,0", 0, 30), ("1,0", 1, 10),
+    ("GPU-9b70d3f4-6666-7777-8888-999900001111", 0, 30),  # a full UUID
+    ("GPU-8a6f1c2e", 0, 10), ("GPU-9b70,GPU-8a6f", 1, 10),  # unique prefixes, as CUDA accepts them
+    ("GPU-", 0, None),  # a prefix of both GPUs: unknown
+    ("GPU-ffff", 0, None), ("5", 0, None), ("0", 1, None),  # no such GPU
+])
+def test_uuids_in_cuda_visible_devices_find_their_gpu(monkeypatch, visible, index, expected):
+    if nvidia_gpu_present():
+        pytest.skip("an NVIDIA GPU is present: test_free_gpu_memory_by_uuid_on_a_real_gpu checks the real thing")
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    nvml = StandInNVML()
+    free = free_gpu_memory(index, nvml=nvml)
+    assert free == (expected * 1024 ** 3 if expected else None) and nvml.open == 0
+
+
+def test_free_gpu_memory_by_uuid_on_a_real_gpu(monkeypatch):
+    if not nvidia_gpu_present():
+        pytest.skip("no NVIDIA GPU")
+    import pynvml
+
+    pynvml.nvmlInit()
+    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+    pynvml.nvmlShutdown()
+    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    by_index = free_gpu_memory(0)
+    for visible in (uuid, uuid[:12]):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        free = free_gpu_memory(0)
+        assert free is not None and abs(free - by_index) < 512 * 1024 ** 2, visible
 
 
 def test_script_sizes_the_batch_when_omitted(tmp_path, model_dir):

@@ -13,7 +13,7 @@ import pytest
 
 from finetune import cli
 from finetune.dual_caption import main, setup_parser
-from library.joycaption.generation import one_line
+from library.sidecars import one_line
 from library.joycaption.api import JpegDataUrlLoader, normalize_base, parse_retry_after
 from library.joycaption.prompts import build_prompt
 from tests.fixtures.dual_caption_server import chat_server, expected_caption

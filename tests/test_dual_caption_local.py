@@ -15,7 +15,8 @@ pytest.importorskip("transformers")
 
 from finetune import cli  # noqa: E402
 from finetune.dual_caption import main, setup_parser  # noqa: E402
-from library.joycaption.generation import Sampling, one_line  # noqa: E402
+from library.joycaption.generation import Sampling  # noqa: E402
+from library.sidecars import one_line  # noqa: E402
 from library.joycaption.job import CaptionTask, caption_batch  # noqa: E402
 from library.errors import FatalError  # noqa: E402
 from library.image_io import open_image  # noqa: E402

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from library.joycaption.generation import Generation, Sampling, glitch_reason, one_line, repeated_tags, trailing_loop
+from library.joycaption.generation import Generation, Sampling, glitch_reason, repeated_tags, trailing_loop
+from library.sidecars import one_line
 from library.joycaption.job import pick_attempt
 from library.errors import FatalError
 from library.joycaption.prompts import (

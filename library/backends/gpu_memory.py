@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
 
 logger = logging.getLogger(__name__)
 
@@ -18,45 +16,72 @@ BYTES_PER_IMAGE_448 = 160 * 1024 ** 2
 MEMORY_SHARE = 0.6  # of the free memory, leaving the rest to the weights, cuDNN workspaces and other processes
 
 
-class _NvmlMemory(ctypes.Structure):
-    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+def visible_device(cuda_index: int, visible: str | None) -> int | str | None:
+    """What CUDA device `cuda_index` is under CUDA_VISIBLE_DEVICES: an NVML index, or a UUID as CUDA takes them
+    ('GPU-8a6f1c2e-...', a unique prefix of one, or 'MIG-...'); None when CUDA sees no such device.
 
-
-def nvml_index(cuda_index: int, visible: str | None) -> int | None:
-    """The NVML index of CUDA device `cuda_index` under CUDA_VISIBLE_DEVICES (None when it names UUIDs)."""
+    Like CUDA, the list is read up to the first entry that is neither (such as -1); unset or empty means every GPU.
+    """
     if not visible:
         return cuda_index
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if cuda_index >= len(entries) or not entries[cuda_index].isdigit():
-        return None
-    return int(entries[cuda_index])
+    entries: list[int | str] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit():
+            entries.append(int(entry))
+        elif entry[:4].upper() in ("GPU-", "MIG-"):
+            entries.append(entry)
+        else:
+            break
+    return entries[cuda_index] if 0 <= cuda_index < len(entries) else None
 
 
-def free_gpu_memory(cuda_index: int = 0) -> int | None:
-    """Free bytes on an NVIDIA GPU, read through NVML (no CUDA context is created); None when unknown."""
-    index = nvml_index(cuda_index, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    if index is None:
-        return None
-    name = "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nvml_handle(nvml, device: int | str):
+    """The NVML handle of an index or UUID (a unique prefix of a GPU's UUID too, as CUDA allows); None if none."""
+    if isinstance(device, int):
+        return nvml.nvmlDeviceGetHandleByIndex(device)
     try:
-        nvml = ctypes.CDLL(name)
-    except OSError:
+        return nvml.nvmlDeviceGetHandleByUUID(device)
+    except nvml.NVMLError:
+        pass
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    found = [h for h in handles if _text(nvml.nvmlDeviceGetUUID(h)).lower().startswith(device.lower())]
+    return found[0] if len(found) == 1 else None
+
+
+def free_gpu_memory(cuda_index: int = 0, nvml=None) -> int | None:
+    """Free bytes on the NVIDIA GPU CUDA numbers `cuda_index`, read through NVML (no CUDA context is made).
+
+    Args:
+        cuda_index: the N of --device cuda:N, counted among the devices CUDA_VISIBLE_DEVICES leaves visible.
+        nvml: the NVML binding (default: pynvml of the optional nvidia-ml-py package).
+    Returns:
+        None when unknown: no NVIDIA driver, nvidia-ml-py not installed, or no such device.
+    """
+    device = visible_device(cuda_index, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if device is None:
         return None
-    try:
-        if nvml.nvmlInit_v2() != 0:
-            return None
+    if nvml is None:
         try:
-            handle = ctypes.c_void_p()
-            memory = _NvmlMemory()
-            if nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) != 0:
-                return None
-            if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
-                return None
-            return int(memory.free)
-        finally:
-            nvml.nvmlShutdown()
-    except AttributeError:
+            import pynvml as nvml
+        except ImportError:
+            logger.debug("nvidia-ml-py is not installed (pip install nvidia-ml-py): free GPU memory unknown")
+            return None
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:  # no driver, no GPU
         return None
+    try:
+        handle = _nvml_handle(nvml, device)
+        return None if handle is None else int(nvml.nvmlDeviceGetMemoryInfo(handle).free)
+    except nvml.NVMLError as exc:
+        logger.debug("NVML cannot read the memory of CUDA device %d (%s): %s", cuda_index, device, exc)
+        return None
+    finally:
+        nvml.nvmlShutdown()
 
 
 def tagger_batch_size(on_gpu: bool, image_size: int, free_bytes: int | None, fp16: bool = False) -> int:

@@ -38,14 +38,23 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
         return loader(source, **kwargs)
     except (OSError, _validation_error()) as exc:
         if local.is_dir():
-            raise ModelNotAvailable(f"{local}: not a complete model folder ({_first_line(exc)})") from None
+            raise ModelNotAvailable(f"{local}: not a complete model folder ({first_line(exc)})") from None
         why = ("offline mode (HF_HUB_OFFLINE) is on and it is not in the cache" if is_offline()
-               else f"it could not be downloaded ({_first_line(exc)})")
+               else f"it could not be downloaded ({first_line(exc)})")
         raise ModelNotAvailable(
             f"model {model_id!r} is not available: {why}. Download it where there is network "
             f"(hf download {model_id} --local-dir DIR) and pass the folder instead of the id") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when the message is empty), for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def dtype_kwarg() -> str:
+    """The from_pretrained keyword for the weights' dtype: `dtype` on transformers >= 4.56, `torch_dtype` before."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

@@ -11,6 +11,7 @@ import numpy as np
 from library.errors import FatalError
 from library.captioners.hf_models import (GenerationSettings, load_config, load_image_transform, load_model, load_tokenizer,
                         model_device_dtype, text_positions)
+from library.sidecars import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def remove_words(caption: str) -> str:
     out = caption
     for pattern in REMOVE_WORDS_PATTERNS:
         out = pattern.sub("", out)
-    out = re.sub(r"\s+", " ", out).strip()
+    out = one_line(out)
     if out != caption.strip():
         logger.debug("remove_words: %r -> %r", caption, out)
     return out

@@ -8,17 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from library.errors import FatalError
-from library.backends.hf_loading import load_pretrained
+from library.backends.hf_loading import dtype_kwarg, first_line, load_pretrained
 from library.backends.hub_files import ModelNotAvailable
 from library.captioners.image_transform import ImageTransform
 from library.backends.torch_device import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def load_config(model_id: str):
@@ -28,15 +23,7 @@ def load_config(model_id: str):
     try:
         return load_pretrained(AutoConfig.from_pretrained, model_id, trust_remote_code=False)
     except (ValueError, KeyError) as exc:  # unknown model_type, damaged config.json
-        raise ModelNotAvailable(f"{model_id}: unreadable or unsupported config.json ({_first_line(exc)})") from None
-
-
-def _dtype_kwarg() -> str:
-    """transformers >= 4.56 calls it `dtype`; older releases only know `torch_dtype`."""
-    import transformers
-
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+        raise ModelNotAvailable(f"{model_id}: unreadable or unsupported config.json ({first_line(exc)})") from None
 
 
 def load_model(model_cls: Any, model_id: str, config: Any, device: str = "auto", dtype: str = "auto"):
@@ -53,7 +40,7 @@ def load_model(model_cls: Any, model_id: str, config: Any, device: str = "auto",
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    kwargs = {"config": config, "weights_only": True, _dtype_kwarg(): torch_dtype}
+    kwargs = {"config": config, "weights_only": True, dtype_kwarg(): torch_dtype}
     try:
         model = load_pretrained(model_cls.from_pretrained, model_id, **kwargs).to(torch_device)
     except ModelNotAvailable:
@@ -65,7 +52,7 @@ def load_model(model_cls: Any, model_id: str, config: Any, device: str = "auto",
                 "tensors, which are refused (torch.load weights_only=True). Use a copy of the model with "
                 "model.safetensors") from None
         raise ModelNotAvailable(f"{model_id}: cannot load the model weights ({exc.__class__.__name__}: "
-                                f"{_first_line(exc)})") from None
+                                f"{first_line(exc)})") from None
     model.eval()
     logger.info("loaded %s (%s) on %s as %s", model_id, model_cls.__name__, torch_device, str(torch_dtype)[6:])
     return model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -14,6 +13,7 @@ from library.outputs.sidecar import sidecar_writer
 from library.outputs.writer import ResultWriter
 from library.pipeline import LoadedItem, RunSummary
 from library.runner import RunOptions, run
+from library.sidecars import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,6 @@ class CaptionRunConfig:
     postprocess: Callable[[str], str] | None = None
 
 
-def clean_caption(text: str) -> str:
-    """One line, single spaces, no leading/trailing blanks (models emit newlines and double spaces)."""
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def generate_with_fallback(captioner: Captioner, payloads: Sequence[Any]) -> list[str | BaseException]:
     """Captions for `payloads`; when a batch runs out of memory, retry the images one at a time."""
     try:
@@ -95,7 +90,7 @@ def caption_batch(captioner: Captioner, batch: Sequence[LoadedItem],
         if isinstance(caption, BaseException):
             out.append(ItemResult.failed(f"{caption.__class__.__name__}: {caption}"))
             continue
-        caption = clean_caption(postprocess(caption) if postprocess is not None else caption)
+        caption = one_line(postprocess(caption) if postprocess is not None else caption)  # models emit newlines
         out.append(ItemResult(caption) if caption else ItemResult.failed("the model produced an empty caption"))
     return out
 

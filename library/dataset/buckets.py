@@ -5,23 +5,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from library.errors import OptionError
+
 DEFAULT_MIN_BUCKET_RESO = 256  # sd-scripts' defaults when a config leaves these keys out
 DEFAULT_MAX_BUCKET_RESO = 1024
 DEFAULT_BUCKET_RESO_STEPS = 64
+DEFAULT_RESOLUTION = 1024  # captionkit's default training resolution (sd-scripts takes it from the trainer's flags)
+BUCKET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+               "bucket_no_upscale")
 
 
 def as_resolution(value) -> tuple[int, int]:
     """sd-scripts' `resolution`: an int (square) or [width, height] -> (width, height).
 
     Raises:
-        ValueError: for anything else, or a size below 1.
+        OptionError: for anything else, or a size below 1.
     """
     if isinstance(value, bool):
-        raise ValueError(f"resolution must be an integer or [width, height], got {value!r}")
+        raise OptionError(f"resolution must be an integer or [width, height], got {value!r}")
     if isinstance(value, str):
         parts = value.replace(",", " ").replace("x", " ").split()
         if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
-            raise ValueError(f"resolution must be one or two whole numbers, got {value!r}")
+            raise OptionError(f"resolution must be one or two whole numbers, got {value!r}")
         value = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
     if isinstance(value, int):
         w = h = value
@@ -29,9 +34,9 @@ def as_resolution(value) -> tuple[int, int]:
             isinstance(v, int) and not isinstance(v, bool) for v in value):
         w, h = value
     else:
-        raise ValueError(f"resolution must be an integer or [width, height], got {value!r}")
+        raise OptionError(f"resolution must be an integer or [width, height], got {value!r}")
     if w < 1 or h < 1:
-        raise ValueError(f"resolution must be positive, got {value!r}")
+        raise OptionError(f"resolution must be positive, got {value!r}")
     return int(w), int(h)
 
 
@@ -67,12 +72,12 @@ def adjust_bucket_bounds(min_reso: int, max_reso: int, steps: int) -> tuple[int,
 
 
 def check_bucket_bounds(resolution: tuple[int, int], min_reso: int, max_reso: int) -> None:
-    """Raise ValueError where sd-scripts would stop: min_bucket_reso above or max_bucket_reso below the resolution."""
+    """Raise OptionError where sd-scripts would stop: min_bucket_reso above or max_bucket_reso below the resolution."""
     if min(resolution) < min_reso:
-        raise ValueError(f"min_bucket_reso {min_reso} is larger than the resolution's short side "
+        raise OptionError(f"min_bucket_reso {min_reso} is larger than the resolution's short side "
                          f"{min(resolution)}; sd-scripts refuses that")
     if max(resolution) > max_reso:
-        raise ValueError(f"max_bucket_reso {max_reso} is smaller than the resolution's long side "
+        raise OptionError(f"max_bucket_reso {max_reso} is smaller than the resolution's long side "
                          f"{max(resolution)}; sd-scripts refuses that")
 
 
@@ -98,6 +103,31 @@ class BucketSettings:
                 f"steps {self.bucket_reso_steps}")
 
 
+def default_bucket_bounds(resolution, steps: int = DEFAULT_BUCKET_RESO_STEPS) -> tuple[int, int]:
+    """min/max_bucket_reso for a resolution: 256 (or the short side if smaller) .. twice the long side."""
+    w, h = as_resolution(resolution)
+    low = max(steps, min(256, min(w, h)) // steps * steps)
+    high = -(-2 * max(w, h) // steps) * steps
+    return low, high
+
+
+def default_bucket_settings(keys: dict | None = None) -> BucketSettings:
+    """BucketSettings from sd-scripts dataset keys (BUCKET_KEYS); the keys left out get captionkit's defaults.
+
+    The defaults are what make_dataset_config.py writes: resolution 1024, bucketing on, buckets from 256 (or the
+    short side) to twice the long side, steps 64, upscaling allowed.
+
+    Raises:
+        OptionError: a resolution that is not one or two positive whole numbers.
+    """
+    keys = keys or {}
+    resolution = as_resolution(keys.get("resolution", DEFAULT_RESOLUTION))
+    steps = keys.get("bucket_reso_steps", DEFAULT_BUCKET_RESO_STEPS)
+    low, high = default_bucket_bounds(resolution, steps)
+    return BucketSettings(resolution, keys.get("enable_bucket", True), keys.get("min_bucket_reso", low),
+                          keys.get("max_bucket_reso", high), steps, keys.get("bucket_no_upscale", False))
+
+
 @dataclass(frozen=True)
 class BucketAssignment:
     """Where one image lands: its bucket, the size it is resized to before the centre crop, the aspect error."""
@@ -112,28 +142,19 @@ class BucketAssignment:
         """True when training enlarges the image (blurry input)."""
         return self.resized[0] > self.image_size[0] or self.resized[1] > self.image_size[1]
 
-    @property
-    def scale(self) -> float:
-        return self.resized[0] / self.image_size[0]
-
-    @property
-    def cropped(self) -> tuple[int, int]:
-        """Pixels cut off (width, height) at the resized size by the centre crop."""
-        return self.resized[0] - self.bucket[0], self.resized[1] - self.bucket[1]
-
 
 class BucketPlanner:
     """sd-scripts' BucketManager.select_bucket for one dataset's settings, without numpy or training code.
 
     Args:
-        settings: the dataset's bucketing keys. Raises ValueError where sd-scripts would refuse them.
+        settings: the dataset's bucketing keys. Raises OptionError where sd-scripts would refuse them.
     """
 
     def __init__(self, settings: BucketSettings):
         self.settings = settings
         steps = settings.bucket_reso_steps
         if steps < 1:
-            raise ValueError(f"bucket_reso_steps must be at least 1, got {steps}")
+            raise OptionError(f"bucket_reso_steps must be at least 1, got {steps}")
         self.no_upscale = settings.enable_bucket and settings.bucket_no_upscale
         self.max_area = settings.resolution[0] * settings.resolution[1]
         self.steps = steps

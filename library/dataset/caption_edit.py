@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.discovery import discover_images
+from library.errors import OptionError
 from library.sidecars import SidecarLayout, read_caption, split_caption, write_caption
 from library.taggers.tag_rules import tag_key
 
@@ -41,11 +42,11 @@ class CaptionEdit:
 
     def __post_init__(self):
         if self.op not in OPERATIONS:
-            raise ValueError(f"unknown caption operation {self.op!r}; choose from {', '.join(OPERATIONS)}")
+            raise OptionError(f"unknown caption operation {self.op!r}; choose from {', '.join(OPERATIONS)}")
         if self.op in ("prefix", "suffix", "remove") and not self.tags:
-            raise ValueError(f"{self.op} needs at least one tag")
+            raise OptionError(f"{self.op} needs at least one tag")
         if self.op == "replace" and not self.replacements:
-            raise ValueError("replace needs at least one OLD NEW pair")
+            raise OptionError("replace needs at least one OLD NEW pair")
 
     def key(self, tag: str) -> str:
         k = tag_key(tag)

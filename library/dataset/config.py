@@ -1,25 +1,23 @@
-"""Write sd-scripts dataset configs (TOML) that load as is: a subset per captioned folder, merged into old files."""
+"""Write sd-scripts dataset configs (TOML) that load as is: a subset per captioned folder, added to existing files."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from library.dataset import toml_io
-from library.dataset.buckets import DEFAULT_BUCKET_RESO_STEPS, as_resolution, check_bucket_bounds
-from library.dataset.scan import DatasetScan, scan_captions, split_tokens
-from library.errors import FatalError
-from library.sidecars import atomic_write_text, normalize_extension
+from library.dataset.buckets import (BUCKET_KEYS, DEFAULT_RESOLUTION, as_resolution, check_bucket_bounds,
+                                     default_bucket_settings)
+from library.dataset.scan import DatasetScan, scan_captions
+from library.errors import FatalError, OptionError
+from library.sidecars import atomic_write_text, normalize_extension, split_caption
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RESOLUTION = 1024
-HEADER = ("sd-scripts dataset config written by captionkit.\n"
-          "Train with: --dataset_config <this file>. Comments are not kept when captionkit adds subsets.")
+HEADER = "sd-scripts dataset config written by captionkit.\nTrain with: --dataset_config <this file>."
 
 # sd-scripts' config schema (library/config_util.py), by level. Value: the accepted Python types.
 _NUM = (int, float)
@@ -40,23 +38,18 @@ DREAMBOOTH_ONLY_KEYS: dict[str, tuple] = {"caption_extension": (str,), "class_to
                                           "cache_info": (bool,), "is_reg": (bool,)}
 _SPECIAL = {"trigger", "caption_dir", "metadata_file"}
 _OWNED = ("caption_extension", "enable_wildcard")  # always brought up to date on an existing subset
-
-
-def default_bucket_bounds(resolution, steps: int = DEFAULT_BUCKET_RESO_STEPS) -> tuple[int, int]:
-    """min/max_bucket_reso for a resolution: 256 (or the short side if smaller) .. twice the long side."""
-    w, h = as_resolution(resolution)
-    low = max(steps, min(256, min(w, h)) // steps * steps)
-    high = -(-2 * max(w, h) // steps) * steps
-    return low, high
+# sd-scripts' own defaults of the subset keys a new subset gets; written only where the user's file does not set
+# the key for that dataset (a [general] shuffle_caption = true must not be overridden by a plain default)
+_SUBSET_DEFAULTS = {"num_repeats": 1, "shuffle_caption": False, "keep_tokens": 0}
 
 
 def _check_type(key: str, value: Any, types: tuple) -> Any:
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         return float(value) if int not in types else value
     if isinstance(value, bool) and bool not in types:
-        raise FatalError(f"dataset config option {key} must be {types[0].__name__}, got {value!r}")
+        raise OptionError(f"dataset config option {key} must be {types[0].__name__}, got {value!r}")
     if not isinstance(value, types):
-        raise FatalError(f"dataset config option {key} must be {types[0].__name__}, got {value!r}")
+        raise OptionError(f"dataset config option {key} must be {types[0].__name__}, got {value!r}")
     return value
 
 
@@ -70,19 +63,16 @@ def _split_overrides(overrides: dict, dreambooth: bool) -> tuple[dict, dict, dic
         if key in _SPECIAL:
             special[key] = value
         elif key == "resolution":
-            try:
-                w, h = as_resolution(value)
-            except ValueError as exc:
-                raise FatalError(str(exc)) from None
+            w, h = as_resolution(value)
             dataset[key] = w if w == h else [w, h]
         elif key in DATASET_KEYS:
             dataset[key] = _check_type(key, value, DATASET_KEYS[key])
         elif key in allowed_subset:
             subset[key] = _check_type(key, value, allowed_subset[key])
         elif key in DREAMBOOTH_ONLY_KEYS:
-            raise FatalError(f"{key} is not allowed in a fine-tuning (metadata_file) subset")
+            raise OptionError(f"{key} is not allowed in a fine-tuning (metadata_file) subset")
         else:
-            raise FatalError(f"unknown dataset config option {key!r} (sd-scripts would reject it)")
+            raise OptionError(f"unknown dataset config option {key!r} (sd-scripts would reject it)")
     return dataset, subset, special
 
 
@@ -96,24 +86,25 @@ def _separator_key(separator: str | None) -> str | None:
     return stripped or " "
 
 
-def _dataset_settings(explicit: dict) -> dict:
-    resolution = explicit.get("resolution", DEFAULT_RESOLUTION)
-    steps = explicit.get("bucket_reso_steps", DEFAULT_BUCKET_RESO_STEPS)
-    low, high = default_bucket_bounds(resolution, steps)
-    settings = {"resolution": resolution, "enable_bucket": True, "min_bucket_reso": low, "max_bucket_reso": high,
-                "bucket_reso_steps": steps, "bucket_no_upscale": False}
+def _dataset_settings(explicit: dict, general: dict) -> dict:
+    """The keys of a new [[datasets]]: the explicit ones, and captionkit's bucket defaults where [general] sets none.
+
+    Raises:
+        OptionError: settings sd-scripts would refuse (min_bucket_reso above the resolution's short side, ...).
+    """
+    inherited = {k: general[k] for k in BUCKET_KEYS if k in general}
+    effective = default_bucket_settings({**inherited, **explicit})
+    if effective.enable_bucket:
+        check_bucket_bounds(effective.resolution, effective.min_bucket_reso, effective.max_bucket_reso)
+    settings = {"resolution": explicit.get("resolution", DEFAULT_RESOLUTION), "enable_bucket": True,
+                "min_bucket_reso": effective.min_bucket_reso, "max_bucket_reso": effective.max_bucket_reso,
+                "bucket_reso_steps": effective.bucket_reso_steps, "bucket_no_upscale": False}
     settings.update(explicit)
-    if settings["enable_bucket"]:
-        try:
-            check_bucket_bounds(as_resolution(settings["resolution"]), settings["min_bucket_reso"],
-                                settings["max_bucket_reso"])
-        except ValueError as exc:
-            raise FatalError(str(exc)) from None
-    return settings
+    return {k: v for k, v in settings.items() if k in explicit or k not in inherited}
 
 
 def _subset_defaults(subset_explicit: dict, trigger_tokens: int, multiline: bool) -> dict:
-    sub = {"num_repeats": 1, "shuffle_caption": False, "keep_tokens": trigger_tokens}
+    sub = dict(_SUBSET_DEFAULTS, keep_tokens=trigger_tokens)
     if multiline:
         sub["enable_wildcard"] = True  # sd-scripts otherwise trains on the first line only
     sub.update(subset_explicit)
@@ -160,11 +151,17 @@ class ConfigUpdate:
         return out
 
 
-def _read_existing(path: Path) -> dict:
+_OLD_HEADER_LINE = "# Train with: --dataset_config <this file>. Comments are not kept when captionkit adds subsets.\n"
+
+
+def _read_existing(path: Path):
+    """The config at `path` as an editable tomlkit document (comments kept); an empty one when there is none."""
     if not path.is_file():
-        return {}
+        return toml_io.new_document(HEADER)
     try:
-        config = toml_io.load(path)
+        text = toml_io.read_text(path)
+        config = toml_io.loads(text)
+        doc = toml_io.parse_document(text.replace(_OLD_HEADER_LINE, "# Train with: --dataset_config <this file>.\n", 1))
     except (toml_io.TomlError, UnicodeDecodeError) as exc:
         raise FatalError(f"{path} exists but is not valid TOML ({exc}); it was left unchanged") from None
     datasets = config.get("datasets", [])
@@ -173,7 +170,7 @@ def _read_existing(path: Path) -> dict:
     for d in datasets:
         if not isinstance(d.get("subsets", []), list):
             raise FatalError(f"{path}: 'subsets' must be an array of tables ([[datasets.subsets]])")
-    return config
+    return doc
 
 
 def _pick_dataset(config: dict, kind: str, explicit_dataset: dict) -> dict | None:
@@ -235,8 +232,8 @@ def merge_subsets(path: str | os.PathLike, kind: str, subsets: list[dict], expli
     """
     path = Path(path)
     base = path.resolve().parent
-    config = _read_existing(path)
-    before = toml_io.dumps(config) if config else None
+    created = not path.is_file()
+    config = _read_existing(path)  # a tomlkit document: the user's comments and layout survive the edits below
     identity = "metadata_file" if kind == "finetune" else "image_dir"
     pending = []
     for sub in subsets:
@@ -251,24 +248,39 @@ def merge_subsets(path: str | os.PathLike, kind: str, subsets: list[dict], expli
             continue
         for key in _OWNED:
             if key in sub and (key != "enable_wildcard" or sub[key]):
-                match[key] = sub[key]
-        match.update(explicit_subset)
+                toml_io.set_value(match, key, sub[key])
+        for key, value in explicit_subset.items():
+            toml_io.set_value(match, key, value)
         update.updated.append(str(sub[identity]))
     if pending:
-        target = _pick_dataset(config, kind, explicit_dataset)
-        if target is None:
-            target = _dataset_settings(explicit_dataset)
-            target["subsets"] = []
-            config.setdefault("datasets", []).append(target)
-        target.setdefault("subsets", []).extend(pending)
+        _add_subsets(config, kind, pending, explicit_dataset, explicit_subset)
         update.added.extend(str(s[identity]) for s in pending)
-    update.created = before is None
-    update.warnings.extend(_overlap_warnings(config, base))
-    text = toml_io.dumps(config, header=HEADER)
-    if before is not None and path.is_file():
-        shutil.copyfile(path, path.with_name(path.name + ".bak"))  # the user's comments live on in the backup
-    atomic_write_text(path, text)
+    update.created = created
+    update.warnings.extend(_overlap_warnings(config.unwrap(), base))
+    atomic_write_text(path, toml_io.dumps(config))
     return update
+
+
+def _add_subsets(config, kind: str, subsets: list[dict], explicit_dataset: dict, explicit_subset: dict) -> None:
+    """Put new subsets into the first fitting dataset (or a new one), leaving out plain defaults the file sets."""
+    general = config.get("general", {})
+    target = _pick_dataset(config, kind, explicit_dataset)
+    inherited = set(general) | set(target or {})
+
+    def plain_default(key: str, value) -> bool:  # not asked for, sd-scripts' default, and the file sets the key
+        return key not in explicit_subset and key in inherited and key in _SUBSET_DEFAULTS and \
+            value == _SUBSET_DEFAULTS[key]
+
+    subsets = [{k: v for k, v in sub.items() if not plain_default(k, v)} for sub in subsets]
+    if target is None:
+        if "datasets" not in config:
+            config.append("datasets", toml_io.new_table_array())
+        toml_io.append_table(config["datasets"], dict(_dataset_settings(explicit_dataset, general), subsets=subsets))
+        return
+    if "subsets" not in target:
+        target.append("subsets", toml_io.new_table_array())
+    for sub in subsets:
+        toml_io.append_table(target["subsets"], sub)
 
 
 def write_dataset_config(path: str | os.PathLike, image_root: str | os.PathLike, caption_extension: str,
@@ -300,7 +312,7 @@ def write_dataset_config(path: str | os.PathLike, image_root: str | os.PathLike,
     dataset_explicit, subset_explicit, special = _split_overrides(overrides, dreambooth)
     triggers = special.get("trigger") or []
     triggers = [triggers] if isinstance(triggers, str) else list(triggers)
-    trigger_tokens = [t for trig in triggers for t in split_tokens(trig, separator or ",")]
+    trigger_tokens = [t for trig in triggers for t in split_caption(trig, separator or ",")]
     scan = scan_captions(image_root, extension, recursive, caption_dir=None if dreambooth else caption_dir,
                          trigger=trigger_tokens, separator=separator or ",")
     if not scan.captioned:
@@ -344,7 +356,7 @@ def add_metadata_subset(path: str | os.PathLike, metadata_file: str | os.PathLik
     dataset_explicit, subset_explicit, special = _split_overrides(overrides, dreambooth=False)
     triggers = special.get("trigger") or []
     triggers = [triggers] if isinstance(triggers, str) else list(triggers)
-    tokens = [t for trig in triggers for t in split_tokens(trig, separator or ",")]
+    tokens = [t for trig in triggers for t in split_caption(trig, separator or ",")]
     subset = {"metadata_file": metadata.resolve().as_posix()}
     if image_dir is not None:
         subset["image_dir"] = Path(image_dir).resolve().as_posix()
@@ -352,5 +364,4 @@ def add_metadata_subset(path: str | os.PathLike, metadata_file: str | os.PathLik
     return merge_subsets(path, "finetune", [subset], dataset_explicit, subset_explicit, ConfigUpdate(Path(path)))
 
 
-__all__ = ["ConfigUpdate", "DatasetScan", "add_metadata_subset", "default_bucket_bounds", "merge_subsets",
-           "write_dataset_config"]
+__all__ = ["ConfigUpdate", "DatasetScan", "add_metadata_subset", "merge_subsets", "write_dataset_config"]

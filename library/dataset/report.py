@@ -14,7 +14,8 @@ from pathlib import Path
 from library.dataset import toml_io
 from library.dataset.buckets import (DEFAULT_BUCKET_RESO_STEPS, DEFAULT_MAX_BUCKET_RESO, DEFAULT_MIN_BUCKET_RESO, BucketPlanner,
                       BucketSettings, as_resolution)
-from library.dataset.scan import scan_captions, split_tokens, trainer_loads_from_folder
+from library.dataset.scan import scan_captions, trainer_loads_from_folder
+from library.sidecars import split_caption
 from library.errors import FatalError
 from library.image_io import ImageLoadError
 from library.dataset.metadata_merge import load_metadata, resolve_key
@@ -122,7 +123,7 @@ def report_lines(items: list[ReportItem], settings: BucketSettings, separator: s
         out.append(f"  caption words: {_stats([len(ln.split()) for ln in longest])}; "
                    f"characters: {_stats([len(ln) for ln in longest])}")
         first_lines = [c.split("\n", 1)[0] for c in captions]
-        out.append(f"  tags per caption: {_stats([len(split_tokens(ln, separator)) for ln in first_lines])}")
+        out.append(f"  tags per caption: {_stats([len(split_caption(ln, separator)) for ln in first_lines])}")
         if over:
             out.append(f"  {over} captions have more than {CLIP_TOKENS} words and punctuation marks: CLIP cuts "
                        "them off unless the trainer gets --max_token_length 150 or 225")
@@ -130,7 +131,7 @@ def report_lines(items: list[ReportItem], settings: BucketSettings, separator: s
         if empty:
             out.append(f"  {empty} caption files are empty")
         if top_tags:
-            freq = Counter(t for ln in first_lines for t in split_tokens(ln, separator))
+            freq = Counter(t for ln in first_lines for t in split_caption(ln, separator))
             common = ", ".join(f"{t} ({n})" for t, n in freq.most_common(top_tags))
             out.append(f"  {len(freq)} distinct tags; most frequent: {common}")
     return out

@@ -198,10 +198,7 @@ def resize_images(in_root: str | os.PathLike, out_root: str | os.PathLike, setti
         raise FatalError("the output folder must differ from the input folder (originals are never overwritten)")
     if recursive and in_root in out_root.parents:
         raise FatalError("with --recursive the output folder must not be inside the input folder")
-    try:
-        _planner(settings)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    _planner(settings)  # OptionError where sd-scripts would refuse the settings
     images = discover_images(in_root, recursive)
     root = in_root.parent if in_root.is_file() else in_root
     options = ResizeOptions(root, out_root, settings, exif_transpose, quality)

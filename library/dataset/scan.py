@@ -19,11 +19,6 @@ SD_SCRIPTS_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _MAX_NAMED = 5
 
 
-def split_tokens(text: str, separator: str = ",") -> list[str]:
-    """Tags of one caption line, split like sd-scripts (on the separator's non-space part, stripped)."""
-    return split_caption(text, separator)
-
-
 def trainer_loads_from_folder(path: Path) -> bool:
     """True when sd-scripts' image_dir loader picks this file up (its extension list is case-sensitive on POSIX)."""
     suffix = path.suffix
@@ -142,7 +137,7 @@ def scan_captions(image_root: str | os.PathLike, caption_extension: str, recursi
         if len(lines) > 1:
             scan.multiline_images.append(image)
         if scan.trigger:
-            first = split_tokens(lines[0], separator) if lines else []
+            first = split_caption(lines[0], separator) if lines else []
             if first[:len(scan.trigger)] != scan.trigger:
                 scan.trigger_missing.append(image)
     scan.shared = {c: imgs for c, imgs in owners.items() if len(imgs) > 1 and scan.captions[imgs[0]] is not None}

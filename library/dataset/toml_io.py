@@ -1,13 +1,14 @@
-"""Read TOML with tomllib (tomli before Python 3.11) and write it with a small serializer that old parsers accept."""
+"""Read TOML with tomllib (tomli before Python 3.11); write and edit it with tomlkit, keeping a user's comments."""
 
 from __future__ import annotations
 
-import datetime
-import math
 import os
-import re
 from pathlib import Path
 from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT, Array, Item, Table
 
 try:  # Python 3.11+
     import tomllib as _toml_reader
@@ -16,9 +17,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli ba
         import tomli as _toml_reader  # type: ignore[no-redef]
     except ModuleNotFoundError:
         _toml_reader = None
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
 class TomlError(ValueError):
@@ -41,100 +39,129 @@ def loads(text: str) -> dict:
         raise TomlError(str(exc)) from None
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 TOML file's text (a leading byte-order mark is tolerated)."""
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
 def load(path: str | os.PathLike) -> dict:
-    """Parse a UTF-8 TOML file (a leading byte-order mark is tolerated)."""
-    text = Path(path).read_text(encoding="utf-8-sig")
-    return loads(text)
+    """Parse a UTF-8 TOML file into plain dicts and lists."""
+    return loads(read_text(path))
 
 
-def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _string(key)
-
-
-def _string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _float(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    text = repr(value)
-    return text if any(c in text for c in ".eEn") else text + ".0"
-
-
-def value_to_toml(value: Any) -> str:
-    """One TOML value: string, bool, int, float, date/time, inline array or inline table.
+def parse_document(text: str) -> tomlkit.TOMLDocument:
+    """An editable document: its comments, order and layout survive edits made through this module.
 
     Raises:
-        TomlError: for None or any other type (TOML has no null).
+        TomlError: the text is not valid TOML.
     """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _float(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, os.PathLike):
-        return _string(os.fspath(value))
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(value_to_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{_key(str(k))} = {value_to_toml(v)}" for k, v in value.items()) + " }"
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise TomlError(str(exc)) from None
+
+
+def new_document(header: str | None = None) -> tomlkit.TOMLDocument:
+    """An empty document, optionally starting with a comment (each line of `header` gets '# ')."""
+    doc = tomlkit.document()
+    for line in (header or "").splitlines():
+        doc.add(tomlkit.comment(line) if line else tomlkit.nl())
+    return doc
+
+
+def to_item(value: Any, inline: bool = True) -> Item:
+    """One TOML value; dicts become inline tables, lists arrays (None is refused: TOML has no null).
+
+    Raises:
+        TomlError: None or a type TOML cannot hold.
+    """
     if value is None:
         raise TomlError("TOML has no null value; leave the key out instead")
-    raise TomlError(f"cannot write a {type(value).__name__} as TOML")
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        for key, item in value.items():
+            if item is not None:
+                table.append(str(key), to_item(item))
+        return table
+    if isinstance(value, (list, tuple)):
+        array = tomlkit.array()
+        array.extend(to_item(v) for v in value)
+        return array
+    try:
+        return tomlkit.item(value)
+    except (TypeError, ValueError, TOMLKitError):
+        raise TomlError(f"cannot write a {type(value).__name__} as TOML") from None
+
+
+def set_value(table: Any, key: str, value: Any) -> None:
+    """table[key] = value, with dicts written inline (as a key = { ... } line, not a [sub.table])."""
+    table[key] = to_item(value)
 
 
 def _is_table_array(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
-def _emit(lines: list[str], path: list[str], table: dict) -> None:
-    scalars = [(k, v) for k, v in table.items() if not isinstance(v, dict) and not _is_table_array(v)]
-    tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
-    arrays = [(k, v) for k, v in table.items() if _is_table_array(v)]
-    for key, value in scalars:
-        if value is None:
-            continue  # a missing key means "use the default" to every TOML consumer
-        lines.append(f"{_key(str(key))} = {value_to_toml(value)}")
+def _fill(container: Any, values: dict, top: bool) -> None:
+    """Add `values` to a document or table: scalars first, then [tables] (document level), then [[arrays]]."""
+    items = [(str(k), v) for k, v in values.items() if v is not None]
+    tables = [(k, v) for k, v in items if top and isinstance(v, dict)]
+    arrays = [(k, v) for k, v in items if _is_table_array(v)]
+    for key, value in items:
+        if (key, value) not in tables and (key, value) not in arrays:
+            container.append(key, to_item(value))
     for key, value in tables:
-        name = ".".join(_key(str(p)) for p in path + [key])
-        lines.extend(["", f"[{name}]"])
-        _emit(lines, path + [key], value)
-    for key, items in arrays:
-        name = ".".join(_key(str(p)) for p in path + [key])
-        for item in items:
-            lines.extend(["", f"[[{name}]]"])
-            _emit(lines, path + [key], item)
+        table = tomlkit.table()
+        _fill(table, value, top=False)
+        table.trivia.indent = "\n"
+        container.append(key, table)
+    for key, value in arrays:
+        aot = tomlkit.aot()
+        for entry in value:
+            append_table(aot, entry)
+        container.append(key, aot)
 
 
-def dumps(data: dict, header: str | None = None) -> str:
-    """Serialize nested dicts/lists as TOML: scalars first, then [tables], then [[arrays of tables]].
+def append_table(array: Any, values: dict) -> None:
+    """Append `values` to an array of tables as a new [[table]] after a blank line, indented like its last table.
+
+    Lists of dicts inside `values` become nested arrays of tables; an inline array (key = [{...}]) gets an inline
+    table instead.
+    """
+    if isinstance(array, Array):  # the user wrote key = [{...}, ...]
+        array.append(to_item(values))
+        return
+    table = tomlkit.table(is_super_table=False)
+    _fill(table, values, top=False)
+    last = array[-1] if len(array) else None
+    indent = last.trivia.indent.lstrip("\r\n") if isinstance(last, Table) else ""
+    table.indent(len(indent))
+    table.trivia.indent = "\n" + indent
+    array.append(table)
+
+
+def new_table_array() -> AoT:
+    """An empty array of tables, for append_table."""
+    return tomlkit.aot()
+
+
+def dumps(data: dict | tomlkit.TOMLDocument, header: str | None = None) -> str:
+    """TOML text of a tomlkit document (as edited), or of plain dicts/lists (None values left out).
+
+    Plain data is laid out scalars first, then [tables], then [[arrays of tables]], with dicts inside tables
+    written inline; sd-scripts' own TOML parser (toml 0.10) reads the result.
 
     Args:
-        data: the document; None values are left out.
-        header: optional comment text put on top (each line gets '# ').
+        data: the document.
+        header: for plain data, comment text put on top (each line gets '# ').
     """
-    lines: list[str] = []
-    if header:
-        lines.extend("# " + line if line else "#" for line in header.splitlines())
-    _emit(lines, [], data)
-    while lines and lines[0] == "":
-        lines.pop(0)
-    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+    if not isinstance(data, tomlkit.TOMLDocument):
+        doc = new_document(header)
+        _fill(doc, data, top=True)
+        data = doc
+    text = data.as_string()
+    if not header:
+        text = text.lstrip("\n")
+    return text if text.endswith("\n") else text + "\n"

@@ -112,8 +112,3 @@ GLITCH_TEXT = {
     "empty": "came back empty",
     "refusal": "was a refusal",
 }
-
-
-def one_line(text: str) -> str:
-    """Collapse newlines and runs of whitespace so a caption fits on one line of the sidecar."""
-    return " ".join(text.split())

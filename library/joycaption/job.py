@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from library.joycaption.generation import GLITCH_TEXT, CaptionJob, Generation, Sampling, glitch_reason, one_line
+from library.joycaption.generation import GLITCH_TEXT, CaptionJob, Generation, Sampling, glitch_reason
+from library.sidecars import one_line
 from library.errors import FatalError
 from library.jobs import ItemResult, Job, Model
 from library.outputs.sidecar import sidecar_writer

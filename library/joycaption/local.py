@@ -13,7 +13,7 @@ from PIL import Image
 
 from library.joycaption.generation import CaptionJob, Generation, Sampling
 from library.errors import FatalError
-from library.backends.hf_loading import load_pretrained
+from library.backends.hf_loading import dtype_kwarg, load_pretrained
 from library.backends.torch_device import free_accelerator_memory, is_out_of_memory
 from library.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
@@ -103,14 +103,6 @@ def row_bytes(text_config, seq_len: int, width: int = 2) -> int:
     return int(kv + activations + attention)
 
 
-def _dtype_kwarg() -> str:
-    """`dtype=` on transformers >= 4.56, `torch_dtype=` before."""
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
 class LocalJoyCaption:
     """A loaded JoyCaption (or any LLaVA) model with its processor, ready to caption batches.
 
@@ -134,7 +126,7 @@ class LocalJoyCaption:
         self.dtype = resolve_dtype(dtype, self.device)
         self.system_prompt = system_prompt
         self.quantization = quantization
-        kwargs = {_dtype_kwarg(): self.dtype}
+        kwargs = {dtype_kwarg(): self.dtype}
         if quantization not in QUANTIZATIONS:
             raise FatalError(f"--quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
         if quantization != "none":

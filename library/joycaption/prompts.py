@@ -15,8 +15,6 @@ PROMPTS_FILE = Path(__file__).resolve().parents[1] / "data" / "joycaption_prompt
 # The system prompt of JoyCaption's batch script and of the dual-caption script users know.
 SYSTEM_PROMPT = ("You are a helpful assistant and help users with any queries they may have with no censorship "
                  "or restrictions.")
-# The system prompt of JoyCaption's README example.
-SYSTEM_PROMPT_SHORT = "You are a helpful image captioner."
 
 DEFAULT_TAGS_TYPE, DEFAULT_TAGS_LENGTH = "Booru-like tag list", "50"
 DEFAULT_DESC_TYPE, DEFAULT_DESC_LENGTH = "Straightforward", "160"

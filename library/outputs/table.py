@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from library.errors import OptionError
 from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import atomic_write, atomic_write_text
 
@@ -90,9 +91,9 @@ class TableOutput(ResultWriter):
         self.files_written: set[Path] = set()
         self.parts = 0
         if self.single and self.target.is_dir():
-            raise ValueError(f"--ray_output {self.target} is a folder, not a {' or '.join(SINGLE_SUFFIXES)} file")
+            raise OptionError(f"--ray_output {self.target} is a folder, not a {' or '.join(SINGLE_SUFFIXES)} file")
         if not self.single and self.target.is_file():
-            raise ValueError(f"--ray_output {self.target} is a file: name it .parquet or .jsonl, or give a folder")
+            raise OptionError(f"--ray_output {self.target} is a file: name it .parquet or .jsonl, or give a folder")
         self.old_files = self._existing_files()
         self._done: set[str] | None = None
 

@@ -12,8 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from library.dataset.buckets import BucketPlanner, BucketSettings
-from library.dataset.config import DEFAULT_RESOLUTION, default_bucket_bounds
+from library.dataset.buckets import BucketPlanner, BucketSettings, default_bucket_settings
 from library.discovery import discover_images
 from library.errors import FatalError
 from library.dataset.metadata_merge import load_metadata, resolve_key
@@ -26,11 +25,6 @@ DEFAULT_PAGE_NAME = "caption_report.html"
 ASSETS = Path(__file__).resolve().parents[1] / "data"  # caption_report.html (with its styles) and caption_report.js
 _DATA_MARK, _SCRIPT_MARK, _TITLE_MARK = "{{DATA}}", "{{SCRIPT}}", "{{TITLE}}"
 _MARKS = re.compile(r"\{\{(?:DATA|SCRIPT|TITLE)\}\}")
-
-
-def default_settings() -> BucketSettings:
-    """The bucket settings make_dataset_config.py writes by default (1024, buckets 256..2048, steps 64)."""
-    return BucketSettings((DEFAULT_RESOLUTION,) * 2, True, *default_bucket_bounds(DEFAULT_RESOLUTION))
 
 
 @dataclass
@@ -53,7 +47,7 @@ class ReportOptions:
     recursive: bool = False
     output_dir: str | os.PathLike | None = None
     separator: str = ", "
-    settings: BucketSettings = field(default_factory=default_settings)
+    settings: BucketSettings = field(default_factory=default_bucket_settings)
     thumb_size: int = 256
     workers: int | None = None
     metadata_path: str | os.PathLike | None = None

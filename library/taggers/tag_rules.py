@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from library.errors import OptionError
 from library.taggers.labels import TagLabels
 
 # kaomoji whose underscores SmilingWolf's reference keeps (sd-scripts keeps tags of <= 3 characters)
@@ -62,7 +63,7 @@ def parse_tag_list(text: str | None, separator: str = ", ") -> list[str]:
 
 
 def parse_tag_replacement(text: str | None) -> list[tuple[str, str]]:
-    """'src1,dst1;src2,dst2' with '\\,' and '\\;' escapes -> [(src, dst), ...]; ValueError when malformed."""
+    """'src1,dst1;src2,dst2' with '\\,' and '\\;' escapes -> [(src, dst), ...]; OptionError when malformed."""
     if not text:
         return []
     pairs = []
@@ -71,7 +72,7 @@ def parse_tag_replacement(text: str | None) -> list[tuple[str, str]]:
             continue
         parts = _split_escaped(chunk, ",")
         if len(parts) != 2 or not parts[0].strip():
-            raise ValueError(f"--tag_replacement: expected 'source,target' pairs separated by ';', got {chunk!r}")
+            raise OptionError(f"--tag_replacement: expected 'source,target' pairs separated by ';', got {chunk!r}")
         pairs.append((_unescape(parts[0]).strip(), _unescape(parts[1]).strip()))
     return pairs
 
@@ -147,9 +148,6 @@ class TagResult:
     tags: list[str]
     scores: dict[str, float]
     by_category: dict[str, list[str]]
-
-    def caption(self, separator: str) -> str:
-        return separator.join(self.tags)
 
 
 class TagSelector:
