@@ -297,7 +297,7 @@ def run_captioner(args: argparse.Namespace, make_captioner: Callable, postproces
     cfg = CaptionRunConfig(
         train_data_dir=Path(args.train_data_dir), caption_extension=args.caption_extension,
         output_dir=Path(args.output_dir) if args.output_dir else None, recursive=args.recursive,
-        skip_existing=args.skip_existing, batch_size=args.batch_size, workers=args.max_data_loader_n_workers,
+        skip_existing=resume_flag(args, False), batch_size=args.batch_size, workers=args.max_data_loader_n_workers,
         debug=args.debug, progress=not args.no_progress, postprocess=postprocess)
     ray = ray_options(args)
     summary = caption_images(make_captioner, cfg, ray, failures_file(args), args.device,

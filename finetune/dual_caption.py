@@ -144,14 +144,14 @@ def main(args: argparse.Namespace) -> int:
     cfg = DualCaptionConfig(
         image_path=Path(args.image_path), tasks=tasks, recursive=args.recursive,
         caption_extension=args.caption_extension, output_dir=Path(args.output_dir) if args.output_dir else None,
-        overwrite=args.overwrite, batch_size=args.batch_size, workers=args.num_workers,
+        overwrite=not cli.resume_flag(args, True), batch_size=args.batch_size, workers=args.num_workers,
         sampling=Sampling(do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, seed=args.seed),
         max_retries=args.max_retries, debug=args.debug, progress=not args.no_progress)
     ray = cli.ray_options(args)
     outcome = run_dual_caption(cfg, backend_factory(args), ray, cli.failures_file(args),
                                uses_gpu=not args.api_base and args.device != "cpu",
-                               writer=cli.result_writer(ray, lambda: None, not args.overwrite))
+                               writer=cli.result_writer(ray, lambda: None, not cfg.overwrite))
     if outcome.warnings:
         print(f"{len(outcome.warnings)} captions hit the token limit and were written anyway")
     return dataset_args.finish_run(outcome.summary, args, args.image_path, args.caption_extension,

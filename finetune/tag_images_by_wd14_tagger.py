@@ -99,12 +99,7 @@ def setup_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> TaggerConfig:
     cli.resolve_caption_extension(args)
-    if not args.caption_separator:
-        raise FatalError("--caption_separator must not be empty")
-    try:
-        parse_tag_replacement(args.tag_replacement)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
+    parse_tag_replacement(args.tag_replacement)  # OptionError (one line, exit 1) before any model loads
     # only the thresholds the user gave: the others come from the model (PixAI's thresholds.csv) or default to 0.35
     given = {c: getattr(args, f"{c}_threshold") if getattr(args, f"{c}_threshold") is not None else args.thresh
              for c in THRESHOLD_CATEGORIES}
@@ -122,7 +117,7 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         force_download=args.force_download, device=args.device, backend=args.backend, batch_size=args.batch_size,
         workers=args.max_data_loader_n_workers, recursive=args.recursive, caption_extension=args.caption_extension,
         output_dir=Path(args.output_dir) if args.output_dir else None,
-        output_path=Path(args.output_path) if args.output_path else None, skip_existing=args.skip_existing,
+        output_path=Path(args.output_path) if args.output_path else None, skip_existing=cli.resume_flag(args, False),
         append_tags=args.append_tags, fast_decode=args.fast_decode, decode=args.decode, fp16=args.fp16, debug=args.debug,
         progress=not args.no_progress, tag_options=options)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from library.errors import FatalError
 from library.jobs import ItemResult
 from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import SidecarLayout, read_caption, write_captions
@@ -55,9 +54,5 @@ class SidecarWriter(ResultWriter):
 
 
 def sidecar_writer(extension: str, input_root, output_dir=None, merge: Merge | None = None) -> SidecarWriter:
-    """A SidecarWriter for the run's flags; a bad --caption_extension is a fatal error."""
-    try:
-        layout = SidecarLayout(extension, input_root, output_dir)
-    except ValueError as exc:
-        raise FatalError(str(exc)) from None
-    return SidecarWriter(layout, merge)
+    """A SidecarWriter for the run's flags (a bad --caption_extension raises OptionError)."""
+    return SidecarWriter(SidecarLayout(extension, input_root, output_dir), merge)
