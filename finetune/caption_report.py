@@ -17,6 +17,7 @@ import sys
 import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from finetune import cli, dataset_args
+from finetune.dataset_report import add_token_args, token_counter
 from library.review.report import (ReportOptions, default_page_path, thumbs_dir_for,
                                     write_report)
 from library.errors import OptionError
@@ -56,6 +57,7 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="also accept requests addressed to this host name, e.g. a reverse proxy's "
                         "(abc-8765.proxy.runpod.net); anyone who can reach that address can edit. Repeatable")
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
+    add_token_args(p)
     dataset_args.add_bucket_args(p)
     return p
 
@@ -64,7 +66,7 @@ def build_options(args: argparse.Namespace) -> ReportOptions:
     cli.resolve_caption_extension(args)
     return ReportOptions(args.caption_extension, args.recursive, args.output_dir, args.caption_separator,
                          dataset_args.bucket_settings(args), args.thumb_size, args.max_data_loader_n_workers,
-                         args.metadata, progress=not args.no_progress)
+                         args.metadata, progress=not args.no_progress, tokens=token_counter(args))
 
 
 def serve(args: argparse.Namespace, options: ReportOptions) -> int:

@@ -15,10 +15,10 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from pathlib import Path
 
-from finetune import cli, dataset_args
-from library.errors import FatalError
+from finetune import cli, dataset_args, tag_args
+from library.errors import FatalError, OptionError
 from library.taggers.layouts import list_models_text
-from library.taggers.tag_rules import DEFAULT_THRESHOLD, THRESHOLD_CATEGORIES, TagOptions, parse_tag_replacement
+from library.taggers.scores import DEFAULT_FLOOR
 from library.taggers.job import TaggerConfig, tag_images, tagger_writer
 from library.taggers.wd import DEFAULT_REPO_ID
 
@@ -53,36 +53,13 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_path", type=str, default=None,
                    help="write captions to this .json (sd-scripts metadata) or .jsonl file (with scores) "
                         "instead of caption files")
-    p.add_argument("--thresh", type=float, default=None,
-                   help="confidence threshold for a tag (default: the model's own per-category thresholds where it "
-                        f"has them (PixAI), else {DEFAULT_THRESHOLD})")
-    for cat in THRESHOLD_CATEGORIES:
-        p.add_argument(f"--{cat}_threshold", type=float, default=None,
-                       help=f"threshold for {cat} tags (default: --thresh; above 1 disables them)")
-    p.add_argument("--general_mcut", action="store_true",
-                   help="automatic general threshold (MCut: middle of the largest gap between scores)")
-    p.add_argument("--character_mcut", action="store_true",
-                   help="automatic character threshold (MCut, never below 0.15)")
-    p.add_argument("--remove_underscore", action="store_true",
-                   help="write 'long hair' instead of 'long_hair' (kaomoji and tags of 3 characters keep theirs)")
-    p.add_argument("--undesired_tags", type=str, default="", help="tags never to write, e.g. 'solo,simple background'")
-    p.add_argument("--frequency_tags", action="store_true", help="print how often each tag was written")
-    p.add_argument("--append_tags", action="store_true",
-                   help="keep an existing caption's tags first and add only the new ones")
-    p.add_argument("--use_rating_tags", action="store_true", help="put the rating tag first")
-    p.add_argument("--use_rating_tags_as_last_tag", action="store_true", help="put the rating tag last")
-    p.add_argument("--use_quality_tags", action="store_true", help="put the quality tag first (cl_tagger layout)")
-    p.add_argument("--use_quality_tags_as_last_tag", action="store_true", help="put the quality tag last")
-    p.add_argument("--character_tags_first", action="store_true", help="character tags before general tags")
-    p.add_argument("--always_first_tags", type=str, default=None,
-                   help="tags moved to the front in the order given, e.g. '1girl,1boy'")
-    p.add_argument("--caption_separator", type=cli.separator_arg, default=", ",
-                   help="separator between tags (default ', ')")
-    p.add_argument("--tag_replacement", type=str, default=None,
-                   help="'source1,target1;source2,target2'; escape ',' and ';' inside tags as '\\,' and '\\;'")
-    p.add_argument("--character_tag_expand", action="store_true",
-                   help="'chara_(series)' becomes two tags: 'chara', 'series' (PixAI: the series its model "
-                        "maps the character to, e.g. 'misaka_mikoto' adds 'toaru_kagaku_no_railgun')")
+    tag_args.add_tag_shaping_args(p)
+    p.add_argument("--scores_file", type=str, default=None, metavar="PATH.jsonl",
+                   help="also keep every tag's score in this file (docs/scores.md), beside the captions: "
+                        "retag_from_scores.py re-decides the tags from it later without the model")
+    p.add_argument("--scores_floor", type=float, default=DEFAULT_FLOOR,
+                   help=f"lowest score kept in --scores_file (default {DEFAULT_FLOOR}); retagging needs thresholds "
+                        "at or above it")
     p.add_argument("--fp16", action="store_true",
                    help="run the model in float16 (converted once, cached as model_fp16.onnx; needs the onnx package). "
                         "Faster on GPUs; probabilities differ by ~1e-3, so a tag at the threshold can flip")
@@ -99,19 +76,9 @@ def setup_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> TaggerConfig:
     cli.resolve_caption_extension(args)
-    parse_tag_replacement(args.tag_replacement)  # OptionError (one line, exit 1) before any model loads
-    # only the thresholds the user gave: the others come from the model (PixAI's thresholds.csv) or default to 0.35
-    given = {c: getattr(args, f"{c}_threshold") if getattr(args, f"{c}_threshold") is not None else args.thresh
-             for c in THRESHOLD_CATEGORIES}
-    thresholds = {c: value for c, value in given.items() if value is not None}
-    options = TagOptions(
-        caption_separator=args.caption_separator, thresholds=thresholds, general_mcut=args.general_mcut,
-        character_mcut=args.character_mcut, remove_underscore=args.remove_underscore,
-        undesired_tags=args.undesired_tags, always_first_tags=args.always_first_tags,
-        tag_replacement=args.tag_replacement, character_tag_expand=args.character_tag_expand,
-        character_tags_first=args.character_tags_first, use_rating_tags=args.use_rating_tags,
-        use_rating_tags_as_last_tag=args.use_rating_tags_as_last_tag, use_quality_tags=args.use_quality_tags,
-        use_quality_tags_as_last_tag=args.use_quality_tags_as_last_tag)
+    options = tag_args.tag_options(args)
+    if args.scores_file and not 0 <= args.scores_floor <= 1:
+        raise OptionError(f"--scores_floor must be between 0 and 1, got {args.scores_floor}")
     return TaggerConfig(
         train_data_dir=Path(args.train_data_dir), repo_id=args.repo_id, model_dir=args.model_dir,
         force_download=args.force_download, device=args.device, backend=args.backend, batch_size=args.batch_size,
@@ -119,7 +86,8 @@ def build_config(args: argparse.Namespace) -> TaggerConfig:
         output_dir=Path(args.output_dir) if args.output_dir else None,
         output_path=Path(args.output_path) if args.output_path else None, skip_existing=cli.resume_flag(args, False),
         append_tags=args.append_tags, fast_decode=args.fast_decode, decode=args.decode, fp16=args.fp16, debug=args.debug,
-        progress=not args.no_progress, tag_options=options)
+        progress=not args.no_progress, tag_options=options,
+        scores_file=Path(args.scores_file) if args.scores_file else None, scores_floor=args.scores_floor)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -127,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
     if ray is not None and ray.output is not None:
         if cfg.append_tags:
             raise FatalError("--append_tags merges into caption files: leave --ray_output out to use it")
+        if cfg.scores_file is not None:
+            raise FatalError("--ray_output keeps the scores itself: give --scores_file or --ray_output, not both")
         if cfg.output_path is not None:
             raise FatalError("--ray_output holds the captions, image sizes and scores: give --output_path or "
                              "--ray_output, not both")

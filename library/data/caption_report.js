@@ -43,6 +43,12 @@
     it.hay = (it.row.p + "\n" + (c || "")).toLowerCase();
     it.failed = failures.has(it.row.p);
   }
+  /* ---------- token counts per text encoder (row.k: counts in TOKENS order, row.x: words lost when cut) ---------- */
+  const TOKENS = DATA.tokens || [];
+  const tokenName = (e) => e.key === "clip" ? "CLIP" : e.key.toUpperCase();
+  function tokenCount(it, n) { return it.row.k && !it.row.stale ? it.row.k[n] : null; }
+  function isCut(it, n) { const c = tokenCount(it, n); return c !== null && c > TOKENS[n].limit; }
+
   const items = DATA.images.map((row, i) => ({ i: i, row: row }));
   items.forEach(derive);
   const byPath = new Map(items.map((it) => [it.row.p, it]));
@@ -62,6 +68,7 @@
     if (state.status === "missing" && r.c != null) return false;
     if (state.status === "failed" && !it.failed) return false;
     if (state.status === "selected" && !selected.has(r.p)) return false;
+    if (state.status.startsWith("cut:") && !isCut(it, Number(state.status.slice(4)))) return false;
     if (state.bucket >= 0 && r.b !== state.bucket) return false;
     for (const w of state.text) if (!it.hay.includes(w)) return false;
     for (const k of state.include) if (!it.keys.has(k)) return false;
@@ -72,6 +79,7 @@
     let d = 0;
     if (state.sort === "tags") d = a.tags.length - b.tags.length;
     else if (state.sort === "length") d = a.len - b.len;
+    else if (state.sort === "tokens") d = (tokenCount(a, 0) ?? -1) - (tokenCount(b, 0) ?? -1);
     if (d !== 0) return state.asc ? d : -d;
     d = collator.compare(a.row.p, b.row.p);  // ties by name, A to Z
     return state.asc || state.sort !== "name" ? d : -d;
@@ -102,6 +110,14 @@
       box.appendChild(el("div", "line1", it.lines[0]));
     }
     for (const line of it.lines.slice(1)) box.appendChild(el("div", "desc", line));
+    TOKENS.forEach((e, n) => {
+      if (!isCut(it, n) || !it.row.x || !it.row.x[e.key]) return;
+      const cut = el("div", "cut");
+      cut.title = tokenName(e) + " reads " + e.limit + " tokens; the rest of the longest line is never seen";
+      cut.append(tokenName(e) + " cuts at " + e.limit + ": ");
+      cut.appendChild(el("s", null, it.row.x[e.key]));
+      box.appendChild(cut);
+    });
     return box;
   }
   function cardFor(it) {
@@ -147,6 +163,19 @@
       meta.appendChild(el("span", "badge", n + (it.isTags ? (n === 1 ? " tag" : " tags") : " words")));
     }
     if (r.w) meta.appendChild(el("span", "badge", r.w + "\u00d7" + r.h));
+    TOKENS.forEach((e, n) => {
+      if (r.stale && n === 0) {
+        meta.appendChild(el("span", "badge tok-stale", "edited: tokens counted on reload"));
+        return;
+      }
+      const c = tokenCount(it, n);
+      if (c === null || (n > 0 && c <= e.limit)) return;  // the first encoder always, the others when over
+      const b = el("span", "badge tok" + (c > e.limit ? " tok-over" : ""),
+        (e.estimate ? "~" : "") + c + "/" + e.limit + " " + tokenName(e));
+      b.dataset.encoder = e.key;
+      b.title = tokenName(e) + " tokens of the longest line (" + e.label + ")";
+      meta.appendChild(b);
+    });
     card.appendChild(meta);
     if (it.failed && r.t) card.appendChild(el("div", "caption error", "failed: " + failures.get(r.p)));
     card.appendChild(captionBlock(it));
@@ -274,6 +303,42 @@
     }
     if (entries.length > LIST_SHOWN) list.appendChild(el("li", null, "\u2026 and " + fmt(entries.length - LIST_SHOWN) + " more"));
   }
+  function renderTokens() {
+    const table = $("token-table");
+    table.textContent = "";
+    $("tokens-section").style.display = TOKENS.length ? "" : "none";
+    if (!TOKENS.length) return 0;
+    const counted = items.filter((it) => tokenCount(it, 0) !== null);
+    let cutFirst = 0;
+    TOKENS.forEach((e, n) => {
+      for (const [limit, who] of e.limits) {
+        const over = counted.filter((it) => tokenCount(it, n) > limit).length;
+        if (n === 0 && limit === e.limit) cutFirst = over;
+        const label = tokenName(e) + " over " + limit + " (" + who + ")";
+        const tr = barRow(label, over, Math.max(1, counted.length), () => {
+          if (limit !== e.limit) return;
+          const v = "cut:" + n;
+          $("filter-status").value = $("filter-status").value === v ? "all" : v;
+          render();
+        }, "tok-" + e.key + "-" + limit);
+        if (limit !== e.limit) tr.classList.remove("row");
+        table.appendChild(tr);
+      }
+    });
+    $("token-count").textContent = fmt(cutFirst) + " cut by " + tokenName(TOKENS[0]);
+    $("token-note").textContent = TOKENS.map((e) => tokenName(e) + ": " + e.label).join(" \u00b7 ") +
+      ". Counts are of each caption's longest line; click a row at the trainer's limit to list those captions.";
+    return cutFirst;
+  }
+  function addTokenFilters() {
+    const select = $("filter-status");
+    TOKENS.forEach((e, n) => {
+      const o = el("option", null, "cut by " + tokenName(e) + " (over " + e.limit + ")");
+      o.value = "cut:" + n;
+      select.appendChild(o);
+    });
+  }
+
   function renderSide() {
     const missing = items.filter((it) => it.row.c == null).map((it) => [it.row.p, ""]);
     fileList($("missing-list"), missing, false);
@@ -291,6 +356,8 @@
     add(missing.length, "without a caption");
     add(DATA.failures.length, "failed");
     add(distinct, "distinct tags");
+    const cut = renderTokens();
+    if (TOKENS.length) add(cut, "cut by " + tokenName(TOKENS[0]) + " at " + TOKENS[0].limit + " tokens");
     if (multi) add(multi, "multi-line captions");
   }
 
@@ -326,6 +393,7 @@
     for (const [p, caption] of Object.entries(updated)) {
       const it = byPath.get(p);
       if (!it) continue;
+      if (it.row.c !== caption && it.row.k) it.row.stale = true;  // counted by the page's writer: recount on reload
       it.row.c = caption;
       derive(it);
       const old = nodes.get(p);
@@ -409,6 +477,7 @@
 
   /* ---------- wiring ---------- */
   if (editable) document.body.classList.add("editable");
+  addTokenFilters();
   $("title").textContent = DATA.title;
   $("subtitle").textContent = DATA.root + "  \u00b7  captions: " + DATA.caption_extension +
     (DATA.caption_dir ? " in " + DATA.caption_dir : "") + "  \u00b7  " + (editable ? "live, edits are saved to disk" : "generated " + DATA.generated);

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import statistics
 import warnings
 from collections import Counter
@@ -19,11 +18,10 @@ from library.sidecars import split_caption
 from library.errors import FatalError
 from library.image_io import ImageLoadError
 from library.dataset.metadata_merge import load_metadata, resolve_key
+from library.dataset.tokens import TokenCounter
 
 logger = logging.getLogger(__name__)
 
-CLIP_TOKENS = 75  # sd-scripts' text budget unless --max_token_length 150/225
-_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -64,7 +62,7 @@ def _stats(values: list[int]) -> str:
 
 
 def report_lines(items: list[ReportItem], settings: BucketSettings, separator: str = ",", top_tags: int = 20,
-                 max_list: int = 8, title: str = "dataset") -> list[str]:
+                 max_list: int = 8, title: str = "dataset", tokens: TokenCounter | None = None) -> list[str]:
     """The report for these images under these bucket settings, as lines of text.
 
     Args:
@@ -73,6 +71,7 @@ def report_lines(items: list[ReportItem], settings: BucketSettings, separator: s
         separator: caption separator for tag counting.
         top_tags: how many of the most frequent tags to list (0: none).
         max_list: how many file names to name per finding.
+        tokens: the token counters (default: CLIP and T5 estimates).
     """
     try:
         planner = BucketPlanner(settings)
@@ -118,15 +117,13 @@ def report_lines(items: list[ReportItem], settings: BucketSettings, separator: s
         out.append(f"  unreadable images ({len(unreadable)}): {_named(unreadable, max_list)}")
     if captions:
         longest = [max((ln for ln in c.split("\n") if ln.strip()), key=len, default="") for c in captions]
-        tokens = [len(_TOKEN.findall(ln)) for ln in longest]
-        over = sum(t > CLIP_TOKENS for t in tokens)
         out.append(f"  caption words: {_stats([len(ln.split()) for ln in longest])}; "
                    f"characters: {_stats([len(ln) for ln in longest])}")
         first_lines = [c.split("\n", 1)[0] for c in captions]
         out.append(f"  tags per caption: {_stats([len(split_caption(ln, separator)) for ln in first_lines])}")
-        if over:
-            out.append(f"  {over} captions have more than {CLIP_TOKENS} words and punctuation marks: CLIP cuts "
-                       "them off unless the trainer gets --max_token_length 150 or 225")
+        counter = tokens if tokens is not None else TokenCounter.estimates()
+        named = [i for i in items if i.caption is not None]
+        out += counter.report_lines([i.path.name for i in named], counter.measure_many(captions), max_list)
         empty = sum(1 for c in captions if not c.strip())
         if empty:
             out.append(f"  {empty} caption files are empty")
@@ -138,13 +135,14 @@ def report_lines(items: list[ReportItem], settings: BucketSettings, separator: s
 
 
 def folder_report(root: str | os.PathLike, caption_extension: str, settings: BucketSettings,
-                  recursive: bool = False, separator: str = ",", top_tags: int = 20) -> list[str]:
+                  recursive: bool = False, separator: str = ",", top_tags: int = 20,
+                  tokens: TokenCounter | None = None) -> list[str]:
     """Report a captioned folder (recursively when asked) under the given bucket settings."""
     scan = scan_captions(root, caption_extension, recursive)
     if not scan.captions:
         raise FatalError(f"no images found in {root}" + ("" if recursive else " (add --recursive?)"))
     items = [ReportItem(p, c) for p, c in scan.captions.items()]
-    lines = report_lines(items, settings, separator, top_tags, title=str(scan.root))
+    lines = report_lines(items, settings, separator, top_tags, title=str(scan.root), tokens=tokens)
     return lines + [f"  warning: {w}" for w in scan.warnings(caption_extension)]
 
 
@@ -200,13 +198,15 @@ def _subset_items(subset: dict, chain: list[dict], config_dir: Path, problems: l
 
 
 def config_report(config_path: str | os.PathLike, top_tags: int = 20,
-                  default_resolution: int | tuple[int, int] | None = None) -> list[str]:
+                  default_resolution: int | tuple[int, int] | None = None,
+                  tokens: TokenCounter | None = None) -> list[str]:
     """Report every dataset of an sd-scripts TOML config the way sd-scripts would load it.
 
     Args:
         config_path: the .toml.
         top_tags: most frequent tags to list per dataset.
         default_resolution: the trainer's --resolution, for datasets that leave `resolution` out.
+        tokens: the token counters (default: CLIP and T5 estimates).
     """
     config_path = Path(config_path)
     try:
@@ -233,7 +233,7 @@ def config_report(config_path: str | os.PathLike, top_tags: int = 20,
             items += _subset_items(subset, [subset, dataset, general], config_path.resolve().parent, problems)
         separator = str(_value("caption_separator", chain, ","))
         title = f"dataset {number} ({len(dataset.get('subsets', []))} subsets)"
-        out += report_lines(items, settings, separator, top_tags, title=title)
+        out += report_lines(items, settings, separator, top_tags, title=title, tokens=tokens)
         out += [f"  problem: {p}" for p in problems[:20]]
         if len(problems) > 20:
             out.append(f"  ... and {len(problems) - 20} more problems")

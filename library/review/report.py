@@ -16,6 +16,7 @@ from library.dataset.buckets import BucketPlanner, BucketSettings, default_bucke
 from library.discovery import discover_images
 from library.errors import FatalError
 from library.dataset.metadata_merge import load_metadata, resolve_key
+from library.dataset.tokens import ENCODERS, TokenCounter
 from library.sidecars import SidecarLayout, atomic_write_text, read_caption
 from library.review.thumbnails import absolute, build_thumbnails, relative_key
 
@@ -41,6 +42,7 @@ class ReportOptions:
         workers: thumbnail processes (None: one per core).
         metadata_path: read captions from this sd-scripts metadata file (.json/.jsonl) instead of sidecars.
         progress: show a progress bar while making thumbnails.
+        tokens: token counters per text encoder for the token badges and cut warnings (default: estimates).
     """
 
     caption_extension: str = ".txt"
@@ -52,6 +54,7 @@ class ReportOptions:
     workers: int | None = None
     metadata_path: str | os.PathLike | None = None
     progress: bool = True
+    tokens: TokenCounter = field(default_factory=TokenCounter.estimates)
 
 
 @dataclass
@@ -167,6 +170,7 @@ def collect_report(root: str | os.PathLike, options: ReportOptions, thumbs_dir: 
     for path, reason in run_failures:
         rel = relative_key(absolute(path), folder)
         failures.setdefault(rel, str(reason))
+    tokens = token_data(rows, options.tokens)
     return {
         "version": 1,
         "title": folder.name or str(folder),
@@ -179,12 +183,28 @@ def collect_report(root: str | os.PathLike, options: ReportOptions, thumbs_dir: 
         "buckets": [list(reso) for reso in bucket_ids],
         "images": rows,
         "failures": sorted(failures.items()),
+        "tokens": tokens,
         "mode": "static",
         "token": "",
         "editable": False,
         "image_base": "",
         "thumb_base": "",
     }
+
+
+def token_data(rows: list[dict], counter: TokenCounter) -> list[dict]:
+    """Per row "k": the token count per encoder (in the order returned) and "x": {encoder: words lost} when cut.
+
+    Returns the encoders: key, title, the limit cuts are shown for, every limit and whether counts are estimated.
+    """
+    captioned = [row for row in rows if row["c"]]
+    keys = list(counter.tokenizers)
+    for row, measured in zip(captioned, counter.measure_many([row["c"] for row in captioned])):
+        row["k"] = [measured.counts[k] for k in keys]
+        if measured.lost:
+            row["x"] = measured.lost
+    return [{"key": k, "title": ENCODERS[k].title, "limit": counter.limits[k], "limits": ENCODERS[k].limits,
+             "estimate": counter.tokenizers[k].estimate, "label": counter.tokenizers[k].label()} for k in keys]
 
 
 def _asset(name: str) -> str:

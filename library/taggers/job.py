@@ -14,11 +14,13 @@ from library.backends.onnx_runtime import parse_device
 from library.jobs import ItemResult, Job, Model
 from library.outputs.metadata import MetadataWriter
 from library.outputs.sidecar import sidecar_writer
+from library.outputs.tee import TeeWriter
 from library.outputs.writer import ResultWriter
 from library.pipeline import LoadedItem
 from library.runner import RunOptions, RunOutcome, run
 from library.sidecars import split_caption
 from library.taggers.preprocess import SquareImageLoader
+from library.taggers.scores import DEFAULT_FLOOR, RECORD_KEY, ScoresWriter, file_sha256, image_record, make_header
 from library.taggers.tag_rules import TagOptions, TagSelector, tag_key
 from library.taggers.wd import DEFAULT_REPO_ID, WDTagger
 
@@ -49,6 +51,8 @@ class TaggerConfig:
     debug: bool = False
     progress: bool = True
     tag_options: TagOptions = field(default_factory=TagOptions)
+    scores_file: Path | None = None  # also keep the raw scores here (library.taggers.scores)
+    scores_floor: float = DEFAULT_FLOOR
 
 
 
@@ -95,6 +99,11 @@ class TaggerModel(Model):
                                self.tagger.layout)
             if self.gpu_decoder is not None:
                 self.loader = JpegBytesLoader(self.loader)
+        self.scores_header, self._header_sent = None, False
+        if cfg.scores_file is not None:
+            files = self.tagger.files
+            self.scores_header = make_header(self.tagger.labels, cfg.repo_id, file_sha256(files.labels),
+                                             cfg.scores_floor, cfg.train_data_dir, files.layout)
 
     def process(self, items: list[LoadedItem]) -> list[ItemResult]:
         batch = (self.gpu_decoder.squares([item.data for item in items]) if self.gpu_decoder is not None
@@ -104,8 +113,12 @@ class TaggerModel(Model):
         out = []
         for p in probs:
             result = self.selector.select(p)
-            out.append(ItemResult(sep.join(result.tags), scores=result.scores, tags=result.tags,
-                                  details={"by_category": result.by_category}))
+            details = {"by_category": result.by_category}
+            if self.scores_header is not None:
+                details[RECORD_KEY] = image_record(self.tagger.labels, p, self.cfg.scores_floor)
+                if not self._header_sent:  # once per loaded model: the scores writer takes it from the first row
+                    details["scores_header"], self._header_sent = self.scores_header, True
+            out.append(ItemResult(sep.join(result.tags), scores=result.scores, tags=result.tags, details=details))
         return out
 
 
@@ -147,11 +160,15 @@ def append_merge(separator: str):
 
 
 def tagger_writer(cfg: TaggerConfig) -> ResultWriter:
-    """Sidecars (with --append_tags merging), or the --output_path metadata file."""
+    """Sidecars (with --append_tags merging), or the --output_path metadata file; plus the --scores_file."""
     if cfg.output_path is not None:
-        return MetadataWriter(cfg.output_path, resume=cfg.skip_existing)
-    return sidecar_writer(cfg.caption_extension, cfg.train_data_dir, cfg.output_dir,
-                          append_merge(cfg.tag_options.caption_separator) if cfg.append_tags else None)
+        writer = MetadataWriter(cfg.output_path, resume=cfg.skip_existing)
+    else:
+        writer = sidecar_writer(cfg.caption_extension, cfg.train_data_dir, cfg.output_dir,
+                                append_merge(cfg.tag_options.caption_separator) if cfg.append_tags else None)
+    if cfg.scores_file is None:
+        return writer
+    return TeeWriter(writer, ScoresWriter(cfg.scores_file, resume=cfg.skip_existing))
 
 
 def tag_images(cfg: TaggerConfig, ray=None, failures_file: Path | None = None,

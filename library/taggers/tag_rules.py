@@ -185,15 +185,25 @@ class TagSelector:
         self.rating_idx = np.nonzero(cats == "rating")[0]
         self.quality_idx = np.nonzero(cats == "quality")[0]
 
-    def _thresholds_for(self, probs: np.ndarray) -> np.ndarray:
+    def _thresholds_for(self, probs: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """Per-output thresholds; MCut over the known scores only when `known` is given (stored scores)."""
         thr = self.thresholds
+
+        def cut(idx: np.ndarray) -> float:
+            return mcut_threshold(probs[idx] if known is None else probs[idx[known[idx]]])
+
         if self.options.general_mcut and self.general_idx.size:
             thr = thr.copy()
-            thr[self.general_idx] = mcut_threshold(probs[self.general_idx])
+            thr[self.general_idx] = cut(self.general_idx)
         if self.options.character_mcut and self.character_idx.size:
             thr = thr.copy() if thr is self.thresholds else thr
-            thr[self.character_idx] = max(mcut_threshold(probs[self.character_idx]), CHARACTER_MCUT_FLOOR)
+            thr[self.character_idx] = max(cut(self.character_idx), CHARACTER_MCUT_FLOOR)
         return thr
+
+    def passing(self, probs: np.ndarray) -> np.ndarray:
+        """Which outputs reach their threshold (MCut included); rating and quality tags never do (picked by argmax)."""
+        probs = np.asarray(probs, dtype=np.float32).reshape(-1)
+        return probs >= self._thresholds_for(probs)
 
     def _pick_one(self, probs: np.ndarray, indices: np.ndarray) -> int | None:
         if not indices.size:
@@ -201,13 +211,19 @@ class TagSelector:
         best = int(indices[int(np.argmax(probs[indices]))])
         return None if self.blocked[best] else best
 
-    def select(self, probs: np.ndarray) -> TagResult:
-        """Tags for one image's probability vector (sigmoid already applied)."""
+    def select(self, probs: np.ndarray, known: np.ndarray | None = None) -> TagResult:
+        """Tags for one image's probability vector (sigmoid already applied).
+
+        Args:
+            known: outputs whose score is known (stored scores): the others are 0, never pass a threshold and are
+                left out of MCut.
+        """
         o = self.options
         probs = np.asarray(probs, dtype=np.float32).reshape(-1)
         if probs.size != len(self.labels):
             raise ValueError(f"model returned {probs.size} scores but the label file lists {len(self.labels)} tags")
-        hits = np.nonzero(probs >= self._thresholds_for(probs))[0]
+        passing = probs >= self._thresholds_for(probs, known)
+        hits = np.nonzero(passing if known is None else passing & known)[0]
         if self.labels.order_by_confidence:
             hits = hits[np.argsort(-probs[hits], kind="stable")]
         if o.character_tags_first:
