@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 from library.discovery import discover_images
@@ -14,7 +15,7 @@ from library.taggers.tag_rules import tag_key
 
 logger = logging.getLogger(__name__)
 
-OPERATIONS = ("prefix", "suffix", "remove", "replace", "dedupe", "sort")
+OPERATIONS = ("prefix", "suffix", "remove", "replace", "dedupe", "sort", "shorten")
 
 
 @dataclass
@@ -30,6 +31,10 @@ class CaptionEdit:
         ignore_case: 'Smile' matches 'smile'.
         lines: which lines of a multi-line caption to edit: "all", "first", "last" or a 1-based number;
             None = "first" for sort (a description line must not be scrambled), else "all".
+        max_tokens: shorten drops tags until a line has at most this many tokens of `count`.
+        count: text -> tokens (library.dataset.tokens) for shorten.
+        scores: image path -> {tag_key: stored score}: shorten drops the lowest-scored tag first (tags without a
+            score, such as a trigger word, go last, from the end); without it, tags go from the end.
     """
 
     op: str
@@ -39,6 +44,9 @@ class CaptionEdit:
     keep_first: int = 0
     ignore_case: bool = False
     lines: str | int | None = None
+    max_tokens: int = 0
+    count: Callable[[str], int] | None = None
+    scores: Callable[[Path], dict[str, float]] | None = None
 
     def __post_init__(self):
         if self.op not in OPERATIONS:
@@ -47,6 +55,8 @@ class CaptionEdit:
             raise OptionError(f"{self.op} needs at least one tag")
         if self.op == "replace" and not self.replacements:
             raise OptionError("replace needs at least one OLD NEW pair")
+        if self.op == "shorten" and (self.max_tokens < 1 or self.count is None):
+            raise OptionError("shorten needs --max_tokens of at least 1 and a token counter")
 
     def key(self, tag: str) -> str:
         k = tag_key(tag)
@@ -75,6 +85,8 @@ def _dedupe(tags: list[str], edit: CaptionEdit) -> list[str]:
 
 def edit_tags(tags: list[str], edit: CaptionEdit) -> list[str]:
     """Apply one edit to a list of tags; idempotent for every operation."""
+    if edit.op == "shorten":
+        return shorten_tags(tags, edit, ", ")
     if edit.op == "prefix":
         return _put_at_end(tags, edit.tags, edit, front=True)
     if edit.op == "suffix":
@@ -112,8 +124,31 @@ def _selected(index: int, count: int, which) -> bool:
     return index == int(which) - 1
 
 
-def edit_text(text: str, edit: CaptionEdit, separator: str = ", ") -> str:
-    """Edit a caption's text line by line; a line whose tags do not change is returned byte for byte."""
+def shorten_tags(tags: list[str], edit: CaptionEdit, separator: str, scores: dict[str, float] | None = None
+                 ) -> list[str]:
+    """Drop the lowest-priority tags until the joined line fits edit.max_tokens; idempotent (a line that fits stays).
+
+    The first edit.keep_first tags are never dropped. With scores (by tag_key), the lowest-scored tag goes first,
+    then the tags without a score from the end; without scores, tags go from the end.
+    """
+    tags = list(tags)
+    while len(tags) > edit.keep_first and edit.count(separator.join(tags)) > edit.max_tokens:
+        candidates = range(edit.keep_first, len(tags))
+        scored = [i for i in candidates if scores and tag_key(tags[i]) in scores]
+        if scored:
+            drop = min(reversed(scored), key=lambda i: scores[tag_key(tags[i])])  # ties: the later tag
+        else:
+            drop = len(tags) - 1
+        del tags[drop]
+    return tags
+
+
+def edit_text(text: str, edit: CaptionEdit, separator: str = ", ", image: Path | None = None) -> str:
+    """Edit a caption's text line by line; a line whose tags do not change is returned byte for byte.
+
+    Args:
+        image: the caption's image (shorten looks its stored scores up by it).
+    """
     which = edit.lines if edit.lines is not None else ("first" if edit.op == "sort" else "all")
     raw_lines = text.split("\n")
     content = [i for i, line in enumerate(raw_lines) if line.strip()]
@@ -131,7 +166,10 @@ def edit_text(text: str, edit: CaptionEdit, separator: str = ", ") -> str:
             out[i] = new
             continue
         tags = split_caption(line, separator)
-        new_tags = edit_tags(tags, edit)
+        if edit.op == "shorten":
+            new_tags = shorten_tags(tags, edit, separator, edit.scores(image) if edit.scores and image else None)
+        else:
+            new_tags = edit_tags(tags, edit)
         if new_tags != tags:
             out[i] = separator.join(new_tags)
     return "\n".join(out)
@@ -205,7 +243,7 @@ def edit_captions(root: str | os.PathLike, edit: CaptionEdit, caption_extension:
             outcome.created.append(path)
         else:
             outcome.captions += 1
-            new = edit_text(old, edit, separator)
+            new = edit_text(old, edit, separator, image)
             if new == old:
                 continue
         outcome.changed.append((path, old or "", new))

@@ -190,6 +190,23 @@ def record_key(image_path: str | os.PathLike) -> str:
     return os.path.abspath(image_path)
 
 
+def tag_scores(files: list[ScoresFile]):
+    """image path -> {tag_key: score} over these files (the highest where several know a tag); {} when none has it."""
+    from library.taggers.tag_rules import tag_key
+
+    keys = [[tag_key(n) for n in f.labels.names] for f in files]
+
+    def lookup(image_path) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for f, names in zip(files, keys):
+            record = f.records.get(record_key(image_path))
+            for i, score in zip(record["tags"], record["scores"]) if record else ():
+                out[names[i]] = max(score, out.get(names[i], 0.0))
+        return out
+
+    return lookup
+
+
 class ScoresWriter(ResultWriter):
     """Collects each image's record (ItemResult.details["raw_scores"]) and writes the scores file atomically on close.
 
