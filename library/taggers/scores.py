@@ -63,6 +63,17 @@ def make_header(labels: TagLabels, model_id: str, labels_sha256: str, floor: flo
     }
 
 
+_KEPT: dict[int, tuple[list, np.ndarray]] = {}
+
+
+def _always_kept(labels: TagLabels) -> np.ndarray:
+    """The rating/quality mask of these labels, computed once per label list (10,000+ names per image otherwise)."""
+    cached = _KEPT.get(id(labels))
+    if cached is None or cached[0] is not labels.categories:
+        cached = _KEPT[id(labels)] = (labels.categories, np.isin(np.array(labels.categories), ALWAYS_KEPT))
+    return cached[1]
+
+
 def image_record(labels: TagLabels, probs: np.ndarray, floor: float) -> dict:
     """One image's stored scores: every tag at or above `floor` (rating and quality tags always), by label index.
 
@@ -76,8 +87,7 @@ def image_record(labels: TagLabels, probs: np.ndarray, floor: float) -> dict:
     probs = np.asarray(probs, dtype=np.float32).reshape(-1)
     if probs.size != len(labels):
         raise ValueError(f"{probs.size} scores for {len(labels)} tags")
-    keep = probs >= np.float32(floor)
-    keep |= np.isin(np.array(labels.categories), ALWAYS_KEPT)
+    keep = (probs >= np.float32(floor)) | _always_kept(labels)
     idx = np.nonzero(keep)[0]
     return {"tags": [int(i) for i in idx], "scores": [_score(probs[i]) for i in idx]}
 
