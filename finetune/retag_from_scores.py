@@ -24,7 +24,7 @@ from library.taggers.scores import read_scores
 
 
 def setup_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scores_files", nargs="+", metavar="SCORES.jsonl",
                    help="scores file(s) written by the tagger's --scores_file; several combine into an ensemble")
     p.add_argument("--combine", choices=COMBINE, default="max",

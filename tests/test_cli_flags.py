@@ -21,9 +21,11 @@ SCRIPTS = {
     "merge_captions_to_metadata": ["data", "meta.json"],
     "merge_dd_tags_to_metadata": ["data", "meta.json"],
     "resize_images": ["data", "out"],
+    "retag_from_scores": ["scores.jsonl"],
 }
 CAPTION_TOOLS = {"prefix": ["prefix", "data", "ohwx"], "suffix": ["suffix", "data", "x"], "remove": ["remove", "data", "x"],
-                 "replace": ["replace", "data", "a", "b"], "dedupe": ["dedupe", "data"], "sort": ["sort", "data"]}
+                 "replace": ["replace", "data", "a", "b"], "dedupe": ["dedupe", "data"], "sort": ["sort", "data"],
+                 "shorten": ["shorten", "data"], "common": ["common", "data"], "prune": ["prune", "data"]}
 CAPTIONING = ("tag_images_by_wd14_tagger", "make_captions", "make_captions_by_git", "dual_caption")
 CANDIDATE_VALUES = ("1", "0.5", "512", "x.json")
 
