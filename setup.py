@@ -5,10 +5,22 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
-requirements = [
-    line.strip() for line in (here / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
+
+
+def read_requirements(name: str) -> list[str]:
+    """The requirement lines of a requirements file, following `-r other.txt` includes."""
+    lines = []
+    for line in (here / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("-r "):
+            lines += read_requirements(line[3:].strip())
+        elif line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+tagger = read_requirements("requirements-tagger.txt")  # the light install: the tagger needs no torch
+captioners = [r for r in read_requirements("requirements.txt") if r not in tagger]
 
 setup(
     name="captionkit",
@@ -19,8 +31,9 @@ setup(
     packages=find_packages(include=["library", "library.*", "finetune"]),
     package_data={"library": ["data/*.json", "data/*.html", "data/*.js"]},
     python_requires=">=3.10",
-    install_requires=requirements,
+    install_requires=tagger,
     extras_require={
+        "captioners": captioners,  # BLIP, BLIP-2, GIT, JoyCaption: pip install ".[captioners]"
         "tensorflow": ["tensorflow-cpu>=2.15"],
         "ray": ["ray[data]>=2.10"],  # override_num_blocks (library.distributed.runner) arrived in 2.10; tested with 2.60
         "quantization": ["bitsandbytes>=0.43"],

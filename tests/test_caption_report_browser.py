@@ -13,11 +13,10 @@ import pytest
 
 from library.review.report import ReportOptions, render_page, thumbs_dir_for, write_report
 from library.review.server import ReviewServer, serve
+from tests.fixtures.browser import CHROMEDRIVER, CHROMIUM, missing_browser
 from tests.fixtures.review_dataset import CAPTIONS, review_dataset
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                                reason="headless browser tests need Chromium: apt-get install chromium chromium-driver")
+pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=missing_browser() or "")
 webdriver = pytest.importorskip("selenium.webdriver", reason="browser tests need selenium (requirements-test.txt)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
