@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
 from typing import Any, Callable
 
+from library.backends.hub_access import (download_hint, first_line, folder_problem, hub_unreachable,
+                                          local_model_folder)
 from library.backends.hub_files import ModelNotAvailable
+
+logger = logging.getLogger(__name__)
+_told_cache_only: set[str] = set()
 
 
 def is_offline() -> bool:
@@ -26,30 +31,41 @@ def _validation_error() -> type[Exception]:
 def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     """Call `loader(model_id, **kwargs)` (a from_pretrained) and explain failures in one line.
 
+    A model_id that looks like a path ('/x', './x', '../x', '~/x', 'C:\\x', or anything on disk) is a local folder.
+    A hub id is loaded from the Hugging Face cache alone when the hub cannot be reached (no retries).
+
     Args:
         loader: e.g. BlipForConditionalGeneration.from_pretrained or AutoProcessor.from_pretrained.
         model_id: a hub id ('Salesforce/blip-image-captioning-large') or a local folder.
     Raises:
-        ModelNotAvailable: the model is neither a local folder nor in the hub cache and cannot be downloaded.
+        ModelNotAvailable: no such folder, an incomplete folder, or a hub id that is not in the cache and
+            cannot be downloaded.
     """
-    local = Path(model_id).expanduser()
-    source = str(local) if local.is_dir() else model_id
-    try:
-        return loader(source, **kwargs)
-    except (OSError, _validation_error()) as exc:
-        if local.is_dir():
+    local = local_model_folder(model_id)
+    if local is not None:
+        problem = folder_problem(local)
+        if problem:
+            raise ModelNotAvailable(f"model {model_id!r} is not available: {problem} (a model name that looks like a "
+                                    "path is a local folder; hub ids look like 'org/name')")
+        try:
+            return loader(str(local), **kwargs)
+        except (OSError, _validation_error()) as exc:
             raise ModelNotAvailable(f"{local}: not a complete model folder ({first_line(exc)})") from None
-        why = ("offline mode (HF_HUB_OFFLINE) is on and it is not in the cache" if is_offline()
-               else f"it could not be downloaded ({first_line(exc)})")
-        raise ModelNotAvailable(
-            f"model {model_id!r} is not available: {why}. Download it where there is network "
-            f"(hf download {model_id} --local-dir DIR) and pass the folder instead of the id") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its class name when the message is empty), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
+    why = "HF_HUB_OFFLINE is set" if is_offline() else hub_unreachable()
+    if why:
+        kwargs["local_files_only"] = True  # the cache, or a clear error at once instead of five retries
+        if model_id not in _told_cache_only:
+            _told_cache_only.add(model_id)
+            logger.info("offline or hub unreachable (%s): loading %s from the Hugging Face cache", why, model_id)
+    try:
+        return loader(model_id, **kwargs)
+    except (OSError, _validation_error()) as exc:
+        reason = (f"offline or hub unreachable ({why}) and it is not in the Hugging Face cache" if why
+                  else f"it could not be downloaded ({first_line(exc)})")
+        raise ModelNotAvailable(f"model {model_id!r} is not available: {reason}. It needs the whole repository "
+                                "(config.json, the weights and the processor/tokenizer files). "
+                                + download_hint(model_id, None, "--model_id /path/to/folder (dual_caption.py: --model "
+                                                "/path/to/folder)")) from None
 
 
 def dtype_kwarg() -> str:

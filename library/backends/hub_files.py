@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from library.backends.hub_access import (download_hint, first_line, folder_problem, hub_unreachable,
+                                          local_model_folder)
 from library.errors import FatalError
 
 logger = logging.getLogger(__name__)
@@ -37,12 +40,19 @@ class ModelLocation:
 def locate_model(repo_id: str, model_dir: str | os.PathLike) -> ModelLocation:
     """Map --repo_id/--model_dir to a location exactly as sd-scripts and the kohya_ss GUI do.
 
-    'org/name' -> <model_dir>/org_name; 'org/name/sub/dir' -> <model_dir>/org_name/sub/dir;
-    an existing local folder is used as it is.
+    'org/name' -> <model_dir>/org_name; 'org/name/sub/dir' -> <model_dir>/org_name/sub/dir; a name that looks like
+    a path ('/x', './x', '../x', '~/x', 'C:\\x', or anything that exists) is a local folder, used as it is.
+
+    Raises:
+        ModelNotAvailable: a path-like name that is not an existing folder, or a name that is neither.
     """
-    as_path = Path(repo_id).expanduser()
-    if as_path.is_dir():
-        return ModelLocation(as_path, None, None, None)
+    local = local_model_folder(repo_id)
+    if local is not None:
+        problem = folder_problem(local)
+        if problem:
+            raise ModelNotAvailable(f"--repo_id {repo_id}: {problem} (a --repo_id that looks like a path is a local "
+                                    "model folder; hub ids look like 'SmilingWolf/wd-swinv2-tagger-v3')")
+        return ModelLocation(local, None, None, None)
     tokens = [t for t in repo_id.strip("/").split("/") if t]
     if len(tokens) < 2:
         raise ModelNotAvailable(
@@ -96,30 +106,60 @@ def download_files(location: ModelLocation, files: Sequence[str], force: bool = 
     """
     if location.repo_id is None:
         raise ModelNotAvailable(f"{location.folder}: missing {', '.join(files)} (local folder, nothing to download)")
+    why = hub_unreachable()
+    if why:  # fail at once, before any folder is made
+        raise ModelNotAvailable(_unavailable_message(location, files, why))
     from huggingface_hub import hf_hub_download
 
     errors = _hub_errors()
-    location.download_root.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        logger.info("downloading %s/%s%s", location.repo_id,
-                    f"{location.subfolder}/" if location.subfolder else "", name)
-        try:
+    made = _make_dirs(location.download_root)
+    try:
+        for name in files:
+            logger.info("downloading %s/%s%s", location.repo_id,
+                        f"{location.subfolder}/" if location.subfolder else "", name)
             hf_hub_download(repo_id=location.repo_id, filename=name, subfolder=location.subfolder,
                             local_dir=str(location.download_root), force_download=force)
-        except errors.RepositoryNotFoundError:
-            raise ModelNotAvailable(
-                f"repository {location.repo_id!r} was not found on the hub (or is private/gated). "
-                f"Check --repo_id, or put the model files in {location.folder}") from None
-        except errors.EntryNotFoundError as exc:
-            if isinstance(exc, getattr(errors, "LocalEntryNotFoundError", ())):
-                raise ModelNotAvailable(_offline_message(location, files)) from None
-            raise FileNotFoundError(f"{location.repo_id}: no file {name!r} on the hub") from None
-        except (OSError, ValueError) as exc:  # connection errors, offline mode, HTTP errors
-            raise ModelNotAvailable(_offline_message(location, files, exc)) from None
+    except errors.RepositoryNotFoundError:
+        raise ModelNotAvailable(
+            f"repository {location.repo_id!r} was not found on the hub (or is private/gated). "
+            f"Check --repo_id, or put the model files in {location.folder}") from None
+    except errors.EntryNotFoundError as exc:
+        if isinstance(exc, getattr(errors, "LocalEntryNotFoundError", ())):
+            raise ModelNotAvailable(_unavailable_message(location, files, first_line(exc))) from None
+        raise FileNotFoundError(f"{location.repo_id}: no file {name!r} on the hub") from None
+    except (OSError, ValueError) as exc:  # connection errors, offline mode, HTTP errors
+        raise ModelNotAvailable(_unavailable_message(location, files, first_line(exc))) from None
+    finally:
+        _tidy(location.download_root, made)
 
 
-def _offline_message(location: ModelLocation, files: Sequence[str], exc: BaseException | None = None) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    why = "offline mode (HF_HUB_OFFLINE) is on" if offline else f"the hub could not be reached ({exc})"
-    return (f"model {location.repo_id} is not available: {why}. Download it on a machine with network access "
-            f"and copy these files into {location.folder}: {', '.join(files)}")
+def _make_dirs(folder: Path) -> list[Path]:
+    """mkdir -p, returning the folders it made (deepest first) so a failed download can take them away again."""
+    made = []
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            break
+        made.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _tidy(root: Path, made: list[Path]) -> None:
+    """Remove the hub client's bookkeeping (<root>/.cache/huggingface) unless it holds a resumable partial download,
+    then the folders this download made if they are empty again: a failed run leaves no junk behind."""
+    cache = root / ".cache" / "huggingface"
+    if cache.is_dir() and not any(p.suffix == ".incomplete" for p in cache.rglob("*")):
+        shutil.rmtree(cache, ignore_errors=True)
+        if not any(cache.parent.iterdir()):
+            cache.parent.rmdir()
+    for folder in made:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _unavailable_message(location: ModelLocation, files: Sequence[str], why: str) -> str:
+    sub = f"{location.subfolder}/" if location.subfolder else ""
+    return (f"model {location.repo_id} is not available: offline or hub unreachable ({why}). It needs "
+            f"{', '.join(files)}. "
+            + download_hint(location.repo_id, [sub + f for f in files], f"--repo_id /path/to/folder/{sub}".rstrip("/"))
+            + f" (or put the files in {location.folder}, where this script looks for them)")
