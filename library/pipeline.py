@@ -50,9 +50,10 @@ class RunSummary:
         return len(self.failures)
 
     def lines(self, max_failures: int = 50) -> list[str]:
-        rate = (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
-        head = (f"{self.verb} {self.done}, skipped {self.skipped}, failed {self.failed} "
-                f"in {self.seconds:.1f} s ({rate:.1f} img/s)")
+        processed = self.done + self.failed
+        head = f"{self.verb} {self.done}, skipped {self.skipped}, failed {self.failed} in {self.seconds:.1f} s"
+        if processed and self.seconds > 0:  # a run that only skipped has no throughput to report
+            head += f" ({processed / self.seconds:.1f} img/s)"
         if self.interrupted:
             head += f"; interrupted, {self.total - self.done - self.failed} not processed"
         out = [head]
