@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import shutil
 import subprocess
+import tarfile
 import sys
 import time
 
@@ -55,11 +57,27 @@ def test_requirement_sets():
     assert "ray[data]" in test_reqs and "\nruff" in test_reqs
 
 
-def test_sdist_lists_what_setup_py_reads():
-    manifest = (ROOT / "MANIFEST.in").read_text()
-    for name in ("README.md", "requirements.txt", "requirements-tagger.txt"):
-        assert name in manifest
-    assert "recursive-include library/data *" in manifest
+def test_sdist_holds_what_setup_py_reads(tmp_path):
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "build", "dist",
+                                                             "__pycache__", "wd14_tagger_model"))
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (tarball,) = (tmp_path / "dist").glob("captionkit-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+        tar.extractall(tmp_path / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    for name in ("README.md", "requirements.txt", "requirements-tagger.txt", "library/data/joycaption_prompts.json",
+                 "library/data/caption_report.html", "library/data/caption_report.js", "finetune/cli.py"):
+        assert name in names, name
+    (unpacked,) = (tmp_path / "unpacked").iterdir()  # setup.py runs from the sdist alone (pip does this)
+    r = subprocess.run([sys.executable, "setup.py", "-q", "egg_info"], cwd=unpacked, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    requires = (unpacked / "captionkit.egg-info" / "requires.txt").read_text()
+    assert "onnxruntime-gpu" in requires and "[captioners]" in requires and "torch>=2.1" in requires
 
 
 def test_browser_skip_reason_names_what_is_missing(tmp_path):
