@@ -82,10 +82,10 @@ def list_repo_files(location: ModelLocation) -> list[str] | None:
     cannot tell: a local folder, offline mode, no network, no such repository."""
     if location.repo_id is None:
         return None
-    from huggingface_hub import HfApi, constants
-
-    if constants.HF_HUB_OFFLINE:
+    if hub_unreachable():  # offline or no network: at once, not after the client's retries
         return None
+    from huggingface_hub import HfApi
+
     try:
         files = HfApi().list_repo_files(location.repo_id)
     except Exception as exc:  # noqa: BLE001 - a listing only guides the download; its failure is reported there
