@@ -107,6 +107,7 @@ def test_every_script_has_a_page_and_every_link_resolves():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a fresh download of ONNX Runtime; usually under a minute
 def test_light_tagger_install_runs_without_torch_or_transformers(tmp_path, model_dir):
     """A venv with requirements-tagger.txt only (no system site packages) tags images."""
     venv = tmp_path / "venv"
