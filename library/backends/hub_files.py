@@ -162,4 +162,4 @@ def _unavailable_message(location: ModelLocation, files: Sequence[str], why: str
     return (f"model {location.repo_id} is not available: offline or hub unreachable ({why}). It needs "
             f"{', '.join(files)}. "
             + download_hint(location.repo_id, [sub + f for f in files], f"--repo_id /path/to/folder/{sub}".rstrip("/"))
-            + f" (or put the files in {location.folder}, where this script looks for them)")
+            + f" (or copy these files into {location.folder}, where this script looks for them)")
