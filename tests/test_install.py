@@ -49,7 +49,8 @@ def requirement_names(name: str) -> list[str]:
 
 def test_requirement_sets():
     tagger = requirement_names("install")
-    assert set(tagger) == {"numpy", "pillow", "tqdm", "huggingface_hub", "tomli", "onnxruntime-gpu", "onnxruntime"}
+    assert set(tagger) == {"numpy", "pillow", "tqdm", "huggingface_hub", "tomli", "tomlkit", "onnxruntime-gpu",
+                           "onnxruntime"}
     assert requirement_names("captioners") == ["torch", "transformers", "safetensors", "tokenizers"]
     assert (ROOT / "requirements.txt").read_text().splitlines().count("-r requirements-tagger.txt") == 1
     assert "torch>=2.1" in (ROOT / "requirements.txt").read_text().splitlines()  # a range: the user's build stays
@@ -92,11 +93,12 @@ def test_browser_skip_reason_names_what_is_missing(tmp_path):
 
 
 def test_every_script_has_a_page_and_every_link_resolves():
-    scripts = {p.stem for p in (ROOT / "finetune").glob("*.py")} - {"__init__", "_bootstrap", "cli", "dataset_args",
-                                                                    "merge_dd_tags_to_metadata"}
-    for stem in scripts:
-        assert (ROOT / "docs" / f"{stem}.md").is_file(), stem
-        assert f"docs/{stem}.md" in README, stem
+    helpers = {"__init__", "_bootstrap", "cli", "dataset_args", "tag_args"}
+    shared_pages = {"merge_dd_tags_to_metadata": "merge_captions_to_metadata", "retag_from_scores": "scores"}
+    for stem in {p.stem for p in (ROOT / "finetune").glob("*.py")} - helpers:
+        page = shared_pages.get(stem, stem)
+        assert (ROOT / "docs" / f"{page}.md").is_file(), stem
+        assert f"docs/{page}.md" in README, stem
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
             if "://" not in target:
