@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
+import threading
 from typing import Callable
 
 from library.errors import FatalError, OptionError
@@ -14,6 +17,26 @@ from library.runtime import (is_main_process, limit_openmp_spinning, log_around_
 logger = logging.getLogger("captionkit")
 
 EXIT_OK, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_ALL_FAILED = 3  # every image the run attempted failed (full disk, read-only folder, dead API server)
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG}
+EXIT_TERMINATED = 143  # SIGTERM: handled like Ctrl-C (files written so far kept, summary printed), 128 + 15
+
+
+def all_failed(summary) -> bool:
+    """True when the run attempted images and every one of them failed (skipped ones are not attempts)."""
+    return summary.failed > 0 and summary.done == 0
+
+
+def run_exit_code(summary) -> int:
+    """A finished run's exit code: 130 interrupted, 3 when every attempted image failed (said on stderr), else 0."""
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if all_failed(summary):
+        print(f"error: all {summary.failed} images failed (reasons above)", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    return EXIT_OK
+
+
 SPELLING_NOTE = "Every option may also be written with dashes: --batch-size = --batch_size."
 
 
@@ -268,23 +291,47 @@ def run_script(main: Callable[[argparse.Namespace], int], parser: argparse.Argum
                fatal_errors: tuple[type[BaseException], ...] = (FatalError,), argv: list[str] | None = None) -> int:
     """Parse, set up logging, enforce the one-writer rule, run main, and map failures to exit codes.
 
-    Fatal errors print one line 'error: ...' and give exit code 1; Ctrl-C gives 130.
+    Fatal errors print one line 'error: ...' and give exit code 1; Ctrl-C gives 130, SIGTERM (handled the same
+    way: what is written stays, the summary is printed) 143.
     """
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed as its own bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     limit_openmp_spinning()  # before any model library loads OpenMP
     setup_logging(getattr(args, "debug", False))
     if not is_main_process():
         logger.info("process rank %d: only rank 0 writes captions; nothing to do here", process_rank())
         return EXIT_OK
+    terminated: list[int] = []
+
+    def on_sigterm(signum, frame):
+        if not terminated:  # the first SIGTERM stops the run like Ctrl-C; later ones let it finish stopping
+            terminated.append(signum)
+            raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with log_around_progress_bars():
-            return main(args)
+            code = main(args)
     except fatal_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+        code = EXIT_FATAL
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""  # full disk, read-only folder: one line, not a traceback
+        print(f"error: {where}cannot write ({exc.strerror or exc})", file=sys.stderr)
+        code = EXIT_FATAL
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return EXIT_TERMINATED if terminated and code in (EXIT_INTERRUPTED, EXIT_OK) else code
 
 
 def run_captioner(args: argparse.Namespace, make_captioner: Callable, postprocess: Callable | None = None) -> int:

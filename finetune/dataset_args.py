@@ -72,7 +72,8 @@ def after_run(args: argparse.Namespace, image_root: str | Path, caption_extensio
 
 def finish_run(summary, args: argparse.Namespace, image_root: str | Path, caption_extension: str,
                multiline: bool = False) -> int:
-    """Print a run's summary, then (unless it was interrupted) its dataset config and bucket report; exit code."""
+    """Print a run's summary, then (unless it was interrupted or every image failed) its dataset config and bucket
+    report; the exit code (cli.run_exit_code)."""
     for line in summary.lines():
         print(line)
     if getattr(args, "profile", False) or getattr(args, "debug", False):
@@ -80,12 +81,13 @@ def finish_run(summary, args: argparse.Namespace, image_root: str | Path, captio
             print(line)
     if summary.interrupted:
         return cli.EXIT_INTERRUPTED
-    for line in after_run(args, image_root, caption_extension, multiline):
-        print(line)
+    if not cli.all_failed(summary):
+        for line in after_run(args, image_root, caption_extension, multiline):
+            print(line)
     if getattr(args, "report", None):
         for line in write_run_report(summary, args, image_root, caption_extension):
             print(line)
-    return cli.EXIT_OK
+    return cli.run_exit_code(summary)
 
 
 def write_run_report(summary, args: argparse.Namespace, image_root: str | Path, caption_extension: str) -> list[str]:

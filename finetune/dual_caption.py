@@ -89,7 +89,8 @@ def setup_parser() -> argparse.ArgumentParser:
     api.add_argument("--api_key_env", default=None,
                      help="environment variable holding the API key (default OPENAI_API_KEY, used when set)")
     api.add_argument("--api_concurrency", type=cli.positive_int, default=4, help="parallel requests (default 4)")
-    api.add_argument("--api_timeout", type=float, default=120.0, help="seconds per request before a retry (120)")
+    api.add_argument("--api_timeout", type=float, default=120.0,
+                     help="seconds one whole request may take before a retry (120)")
     api.add_argument("--api_retries", type=cli.non_negative_int, default=5,
                      help="retries on 429/5xx/timeouts, with exponential backoff and Retry-After (default 5)")
     api.add_argument("--api_backoff", type=float, default=1.0,

@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
                             workers=args.max_data_loader_n_workers, progress=not args.no_progress)
     for line in outcome.lines():
         print(line)
-    return cli.EXIT_INTERRUPTED if outcome.summary.interrupted else cli.EXIT_OK
+    return cli.run_exit_code(outcome.summary)
 
 
 if __name__ == "__main__":

@@ -92,8 +92,12 @@ def find_images(root: str | os.PathLike, recursive: bool = False) -> list[Path]:
                 if entry.is_dir():
                     if recursive:
                         subdirs.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in exts:
-                    found.append(Path(entry.path))
+                elif os.path.splitext(entry.name)[1].lower() in exts:
+                    if entry.is_file():
+                        found.append(Path(entry.path))
+                    elif entry.is_symlink() and not os.path.exists(entry.path):
+                        logger.warning("%s: skipped, a symbolic link to %s, which does not exist", entry.path,
+                                       os.readlink(entry.path))
             except OSError:
                 continue
         stack.extend(reversed(subdirs))

@@ -6,6 +6,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -69,8 +71,39 @@ def default_workers() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
-def _ignore_sigint() -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_parent(parent_death_signal: bool) -> None:
+    """End this worker process soon after the process that started it dies (even by SIGKILL).
+
+    On Linux the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG; only when the parent started
+    us from its main thread, because the signal follows the starting thread). Everywhere, a watchdog thread waits
+    on the parent's pipe, which closes when the parent dies, and exits the process.
+    """
+    if parent_death_signal and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        wait([parent.sentinel])
+        os._exit(1)  # nothing to save: workers only decode
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_init(parent_death_signal: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and shuts workers down
+    _exit_with_parent(parent_death_signal)
 
 
 def load_one(loader: Callable, path) -> LoadedItem:
@@ -106,7 +139,8 @@ def iter_loaded(paths: Sequence[Path], loader: Callable, workers: int,
     window = prefetch or workers * 4
     ctx = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=min(workers, max(1, len(chunks))), mp_context=ctx,
-                                   initializer=_ignore_sigint)
+                                   initializer=_worker_init,
+                                   initargs=(threading.current_thread() is threading.main_thread(),))
     pending: deque = deque()
     next_chunk = 0
     try:

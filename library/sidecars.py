@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
+import random
+import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 from library.errors import OptionError
+
+logger = logging.getLogger(__name__)
 
 
 def normalize_extension(extension: str) -> str:
@@ -48,7 +54,11 @@ class SidecarLayout:
         return target.with_name(target.stem + self.extension)
 
     def exists_for(self, image_path: str | os.PathLike) -> bool:
-        return self.path_for(image_path).is_file()
+        """True when the caption file is there (a name too long to exist, or an unreadable folder: False)."""
+        try:
+            return self.path_for(image_path).is_file()
+        except OSError:
+            return False
 
 
 def _read_umask() -> int:
@@ -68,12 +78,97 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
+# Temporary files: ".<name, cut to fit>.<writer pid in hex>-<6 random>.tmp", never longer than the final name
+# (at least TEMP_NAME_MIN bytes), so every name that can exist can be written through its temporary file.
+TEMP_NAME_MIN = 32
+_TEMP_TAIL = re.compile(r"\.([0-9a-f]{1,8})-[a-z0-9]{6}\.tmp$")
+_LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp names of earlier versions
+STALE_AFTER = 5.0  # seconds: a temporary file of a dead process this old is left over from a kill
+LEGACY_STALE_AFTER = 3600.0
+_RANDOM = "abcdefghijklmnopqrstuvwxyz0123456789"
+_swept: set[Path] = set()
+_swept_lock = threading.Lock()
+
+
+def temp_name(name: str) -> str:
+    """A fresh temporary name for `name` in the same folder, at most max(len(name), TEMP_NAME_MIN) bytes long."""
+    tail = f".{os.getpid():x}-{''.join(random.choices(_RANDOM, k=6))}.tmp"
+    raw = os.fsencode(name)
+    room = max(len(raw), TEMP_NAME_MIN) - 1 - len(tail)
+    return "." + os.fsdecode(raw[:room]) + tail
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def is_stale_temp(name: str, age_seconds: float) -> bool:
+    """True for a temporary file of our naming left by a process that died (or, for old-style names, long ago)."""
+    if not name.startswith("."):
+        return False
+    match = _TEMP_TAIL.search(name)
+    if match:
+        pid = int(match.group(1), 16)
+        return pid != os.getpid() and age_seconds > STALE_AFTER and not _pid_alive(pid)
+    return bool(_LEGACY_TEMP.match(name)) and age_seconds > LEGACY_STALE_AFTER
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the stale temporary files of our naming in `folder` (left by a SIGKILL or power loss); the removed."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.endswith(".tmp"):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and is_stale_temp(entry.name, now - entry.stat(
+                    follow_symlinks=False).st_mtime):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    if removed:
+        logger.info("%s: removed %d temporary files left by an interrupted run", folder, len(removed))
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """The first write of this process into a folder clears the stale temporary files there."""
+    with _swept_lock:
+        if folder in _swept:
+            return
+        _swept.add(folder)
+    remove_stale_temps(folder)
+
+
+def _create_temp(folder: Path, name: str) -> str:
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, temp_name(name))
+        try:
+            os.close(os.open(tmp, flags, 0o600))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name for {name}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Let `write(tmp_path)` fill a temporary file beside `path`, then rename it into place (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _sweep_once(path.parent)
+    tmp = _create_temp(path.parent, path.name)
     try:
         write(tmp)
         os.chmod(tmp, _final_mode(path))
@@ -130,12 +225,26 @@ def write_captions(items: Sequence[tuple[Path, str]]) -> list[str | None]:
     return list(_WRITERS.map(lambda pair: one(*pair), items))
 
 
+class CaptionReadError(OSError):
+    """A caption file that exists but cannot be used as text (not UTF-8); the message says which and why."""
+
+
 def read_caption(path: str | os.PathLike) -> str | None:
-    """The caption text without its trailing newlines, or None when there is no file."""
+    """The caption text without a UTF-8 BOM and trailing newlines, or None when there is no file.
+
+    Raises:
+        CaptionReadError: the file is not UTF-8 text.
+        OSError: it cannot be read (permissions, a folder of that name).
+    """
     try:
-        return Path(path).read_text(encoding="utf-8").strip("\r\n")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return None
+    try:
+        return data.decode("utf-8-sig").strip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise CaptionReadError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                               "save it as UTF-8") from None
 
 
 def one_line(text: str) -> str:

@@ -74,3 +74,28 @@ def dtype_kwarg() -> str:
 
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def load_weights(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
+    """`load_pretrained` for model weights: .safetensors when present, else .bin read with torch.load(weights_only=True)
+    (passed explicitly), so pickled code never runs; any failure is one line.
+
+    Raises:
+        ModelNotAvailable: missing model, weights holding pickled objects other than tensors, or unloadable weights.
+    """
+    import pickle
+
+    kwargs["weights_only"] = True
+    try:
+        return load_pretrained(loader, model_id, **kwargs)
+    except ModelNotAvailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unsafe pickles, shape mismatches: one clear line, exit 1
+        if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in str(exc).lower():
+            raise ModelNotAvailable(
+                f"{model_id}: cannot load the model weights: its .bin file holds pickled objects other than "
+                "tensors, which are refused (torch.load weights_only=True). Use a copy of the model with "
+                "model.safetensors") from None
+        raise ModelNotAvailable(f"{model_id}: cannot load the model weights ({exc.__class__.__name__}: "
+                                f"{first_line(exc)})") from None
+

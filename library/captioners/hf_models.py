@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
 from library.errors import FatalError
-from library.backends.hf_loading import dtype_kwarg, first_line, load_pretrained
+from library.backends.hf_loading import dtype_kwarg, first_line, load_pretrained, load_weights
 from library.backends.hub_files import ModelNotAvailable
 from library.captioners.image_transform import ImageTransform
 from library.backends.torch_device import resolve_device, resolve_dtype
@@ -40,19 +39,8 @@ def load_model(model_cls: Any, model_id: str, config: Any, device: str = "auto",
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    kwargs = {"config": config, "weights_only": True, dtype_kwarg(): torch_dtype}
-    try:
-        model = load_pretrained(model_cls.from_pretrained, model_id, **kwargs).to(torch_device)
-    except ModelNotAvailable:
-        raise
-    except Exception as exc:  # noqa: BLE001 - unsafe pickles, shape mismatches: one clear line, exit 1
-        if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in str(exc).lower():
-            raise ModelNotAvailable(
-                f"{model_id}: cannot load the model weights: its .bin file holds pickled objects other than "
-                "tensors, which are refused (torch.load weights_only=True). Use a copy of the model with "
-                "model.safetensors") from None
-        raise ModelNotAvailable(f"{model_id}: cannot load the model weights ({exc.__class__.__name__}: "
-                                f"{first_line(exc)})") from None
+    kwargs = {"config": config, dtype_kwarg(): torch_dtype}
+    model = load_weights(model_cls.from_pretrained, model_id, **kwargs).to(torch_device)
     model.eval()
     logger.info("loaded %s (%s) on %s as %s", model_id, model_cls.__name__, torch_device, str(torch_dtype)[6:])
     return model

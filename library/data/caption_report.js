@@ -29,7 +29,20 @@
   const tagKey = (t) => t.replace(/_/g, " ").trim().split(/\s+/).join(" ");
   const fkey = (t) => tagKey(t).toLowerCase();
   const fmt = (n) => n.toLocaleString("en-US");
-  const url = (base, rel) => base + rel.split("/").map(encodeURIComponent).join("/");
+  function encodePart(s) {  // a name that is not UTF-8 keeps each such byte as U+DC80..U+DCFF (surrogateescape)
+    let out = "", start = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 0xD800 || c > 0xDFFF) continue;
+      const next = s.charCodeAt(i + 1);
+      if (c <= 0xDBFF && next >= 0xDC00 && next <= 0xDFFF) { i++; continue; }  // a pair: an ordinary character
+      const byte = c >= 0xDC80 && c <= 0xDCFF ? "%" + (c - 0xDC00).toString(16).toUpperCase() : "%EF%BF%BD";
+      out += encodeURIComponent(s.slice(start, i)) + byte;
+      start = i + 1;
+    }
+    return out + encodeURIComponent(s.slice(start));
+  }
+  const url = (base, rel) => base + rel.split("/").map(encodePart).join("/");
 
   function derive(it) {
     const c = it.row.c;

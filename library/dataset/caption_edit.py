@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
+from library.confinement import Confinement
 from library.discovery import discover_images
 from library.errors import OptionError
 from library.sidecars import SidecarLayout, read_caption, split_caption, write_caption
@@ -224,11 +225,16 @@ def edit_captions(root: str | os.PathLike, edit: CaptionEdit, caption_extension:
     layout = SidecarLayout(caption_extension)
     outcome = EditOutcome(dry_run)
     seen: set[Path] = set()
+    root_folder = Path(root) if Path(root).is_dir() else Path(root).parent
     for image in discover_images(root, recursive):
         path = layout.path_for(image)
         if path in seen:
             continue
         seen.add(path)
+        if path.is_symlink() and not Confinement(root_folder, path.parent).allows(path):
+            outcome.failures.append((path, Confinement(root_folder).outside_reason(path)))  # its text stays there
+            outcome.captions += 1
+            continue
         try:
             old = read_caption(path)
         except (OSError, UnicodeDecodeError) as exc:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from library.dataset.scan import SD_SCRIPTS_EXTENSIONS, scan_captions
 from library.errors import FatalError
-from library.sidecars import atomic_write_text, normalize_extension
+from library.outputs import json_text
+from library.sidecars import SidecarLayout, atomic_write_text, normalize_extension
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,21 @@ def load_metadata(path: str | os.PathLike) -> dict[str, dict]:
 
 
 def dump_metadata(path: str | os.PathLike, entries: dict[str, dict]) -> None:
-    """Write entries atomically: JSON Lines when the name ends in .jsonl, else indented JSON."""
+    """Write entries atomically: JSON Lines when the name ends in .jsonl, else indented JSON.
+
+    Raises:
+        FatalError: the file cannot be written (full disk, read-only folder); an existing file is left as it was.
+    """
     if is_jsonl(path):
-        lines = [json.dumps({"image_path": key, **entry}, ensure_ascii=False) for key, entry in entries.items()]
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        lines = [json_text.dumps({"image_path": key, **entry}) for key, entry in entries.items()]
+        text = "".join(line + "\n" for line in lines)
     else:
-        atomic_write_text(path, json.dumps(entries, ensure_ascii=False, indent=2) + "\n")
+        text = json_text.dumps(entries, indent=2) + "\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise FatalError(f"{path}: cannot write the metadata file ({exc.strerror or exc}); "
+                         "an existing file is unchanged") from None
 
 
 def resolve_key(key: str, image_dir: str | os.PathLike | None) -> Path | None:
@@ -90,6 +100,7 @@ class MergeResult:
     merged: int = 0
     entries: int = 0
     missing: list[Path] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)
     shared: dict[Path, list[Path]] = field(default_factory=dict)
     migrated: list[tuple[str, str]] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
@@ -101,6 +112,11 @@ class MergeResult:
             named = ", ".join(p.name for p in self.missing[:_MAX_NAMED])
             more = f" and {len(self.missing) - _MAX_NAMED} more" if len(self.missing) > _MAX_NAMED else ""
             out.append(f"{len(self.missing)} images have no caption file and were left out: {named}{more}")
+        if self.unreadable:
+            named = ", ".join(p.name for p in self.unreadable[:_MAX_NAMED])
+            more = f" and {len(self.unreadable) - _MAX_NAMED} more" if len(self.unreadable) > _MAX_NAMED else ""
+            out.append(f"{len(self.unreadable)} caption files are not UTF-8 text and were left out (save them as "
+                       f"UTF-8): {named}{more}")
         for caption, owners in self.shared.items():
             out.append(f"{caption.name} is the caption of {len(owners)} images "
                        f"({', '.join(p.name for p in owners)}); each keeps its own entry with that text")
@@ -170,6 +186,9 @@ def merge_sidecars_to_metadata(train_data_dir: str | os.PathLike, out_path: str 
         raise FatalError(f"no images found in {train_data_dir}" + ("" if recursive else " (add --recursive?)"))
     result = MergeResult(out_path, field)
     if not scan.captioned:
+        if scan.unreadable:
+            raise FatalError(f"none of the {len(scan.captions)} images in {train_data_dir} has a readable {extension} "
+                             f"file: {len(scan.unreadable)} are not UTF-8 text (save them as UTF-8)")
         raise FatalError(f"none of the {len(scan.captions)} images in {train_data_dir} has a {extension} file "
                          "(sd-scripts' captioners write .caption, taggers .txt: check --caption_extension)")
     source = Path(in_path) if in_path else (out_path if out_path.is_file() else None)
@@ -177,8 +196,14 @@ def merge_sidecars_to_metadata(train_data_dir: str | os.PathLike, out_path: str 
         raise FatalError(f"{source}: no such metadata file (--in_json)")
     entries = load_metadata(source) if source else {}
     ours = {image_key(p) for p in scan.captions}
+    unreadable = set(scan.unreadable)
+    layout = SidecarLayout(extension, scan.root, Path(caption_dir).resolve() if caption_dir else None)
     entries = _migrate_legacy_keys(entries, scan.root, ours, result)
     for image, text in scan.captions.items():
+        if text is None and layout.path_for(image) in unreadable:
+            result.unreadable.append(layout.path_for(image))
+            logger.warning("%s: caption file %s is not UTF-8", image, layout.path_for(image).name)
+            continue
         if text is None:
             result.missing.append(image)
             logger.warning("%s: no caption file %s", image, image.stem + extension)

@@ -16,7 +16,7 @@ from library.discovery import discover_images, image_extensions
 from library.errors import FatalError
 from library.image_io import ImageLoadError, failure_reason
 from library.pipeline import LoadedItem, RunSummary, default_workers, run_batches
-from library.sidecars import atomic_write
+from library.sidecars import atomic_write, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,22 @@ def _save_kwargs(fmt: str, info: dict, quality: int, exif: bytes | None) -> dict
     return kwargs
 
 
+def _written(dest: Path, write) -> None:
+    """atomic_write(dest, write); a file-system error (full disk, read-only folder) says so, not 'damaged image'."""
+    try:
+        atomic_write(dest, write)
+    except OSError as exc:
+        if exc.errno is None:  # Pillow's decoder and encoder errors carry no errno: the image itself is the problem
+            raise
+        raise ImageLoadError(write_error(dest, exc)) from None
+
+
 def _atomic_save(img, dest: Path, fmt: str, kwargs: dict) -> None:
-    atomic_write(dest, lambda tmp: img.save(tmp, format=fmt, **kwargs))
+    _written(dest, lambda tmp: img.save(tmp, format=fmt, **kwargs))
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    atomic_write(dest, lambda tmp: shutil.copy2(src, tmp))
+    _written(dest, lambda tmp: shutil.copy2(src, tmp))
 
 
 def _resizable(img):
@@ -215,7 +225,7 @@ def resize_images(in_root: str | os.PathLike, out_root: str | os.PathLike, setti
                     _atomic_copy(car, output_path(car, options))
                     outcome.sidecars += 1
                 errors.append(None)
-            except OSError as exc:
+            except (OSError, ImageLoadError) as exc:
                 errors.append(f"image written, sidecar copy failed: {exc}")
         return errors
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from library.discovery import find_images, image_extensions
 from library.errors import FatalError
-from library.sidecars import SidecarLayout, read_caption, split_caption
+from library.sidecars import CaptionReadError, SidecarLayout, read_caption, split_caption
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def scan_captions(image_root: str | os.PathLike, caption_extension: str, recursi
         owners.setdefault(caption_path, []).append(image)
         try:
             text = read_caption(caption_path)
-        except UnicodeDecodeError:
+        except CaptionReadError:
             scan.unreadable.append(caption_path)
             text = None
         except OSError as exc:

@@ -10,12 +10,9 @@ import json
 import logging
 import os
 import random
-import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Sequence
 from PIL import Image
 
 from library.joycaption.generation import CaptionJob, Generation
+from library.joycaption.http_exchange import CrossOriginRedirect, ExchangeTimeout, TooLarge, exchange
 from library.errors import FatalError
 from library.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
@@ -34,7 +32,9 @@ DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 FATAL_STATUS = {401: "the server refused the API key", 403: "the server refused access",
                 404: "the server has no such endpoint or model"}
-MAX_RETRY_AFTER = 300.0
+MAX_RETRY_AFTER = 300.0  # longer Retry-After values are cut to this (and the wait is logged)
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # a caption answer is a few kB; more means a broken or hostile server
+REDACTED = "[API key]"
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,10 @@ class ApiFatal(FatalError):
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after: float | None = None, asked: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.asked = asked  # the server's Retry-After before the cap
 
 
 def normalize_base(url: str) -> str:
@@ -76,20 +77,26 @@ def normalize_base(url: str) -> str:
     return url
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), capped; None when absent."""
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a Retry-After header (delta seconds or an HTTP date) asks for; None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+        seconds = float(value)
+        return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
     except ValueError:
         pass
     try:
-        when = email.utils.parsedate_to_datetime(value)
-        return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
-    except (TypeError, ValueError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header, capped at MAX_RETRY_AFTER; None when absent."""
+    seconds = retry_after_seconds(value)
+    return None if seconds is None else min(MAX_RETRY_AFTER, seconds)
 
 
 def _error_text(body: bytes) -> str:
@@ -111,15 +118,20 @@ class ApiJoyCaption:
         model: the served model name; None = the first one the server lists.
         key_env: environment variable holding the API key (never passed on the command line).
         concurrency: parallel requests.
-        timeout: seconds to wait for one answer before retrying.
+        timeout: seconds one request may take in all (connect, upload, the whole answer) before it is retried.
         retries: retries per request on 429, 5xx, timeouts and dropped connections.
         backoff: first retry delay in seconds, doubled each time (Retry-After wins when the server sends it).
         image_size: images are squashed to this square before upload (JoyCaption's input is 384; 0 = as they are).
+        max_response_bytes: a longer answer is that image's error (never written).
+
+    The API key goes only to the origin of api_base (a redirect elsewhere is not followed) and is replaced by
+    "[API key]" in every message, error and caption text that comes back from the server.
     """
 
     def __init__(self, api_base: str, model: str | None = None, key_env: str = DEFAULT_KEY_ENV,
                  concurrency: int = 4, timeout: float = 120.0, retries: int = 5, backoff: float = 1.0,
-                 image_size: int = 384, system_prompt: str = SYSTEM_PROMPT, key_required: bool = False):
+                 image_size: int = 384, system_prompt: str = SYSTEM_PROMPT, key_required: bool = False,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         self.base = normalize_base(api_base)
         self.key = os.environ.get(key_env, "").strip() or None
         if key_required and not self.key:
@@ -131,41 +143,51 @@ class ApiJoyCaption:
         self.backoff = max(0.0, float(backoff))
         self.image_size = image_size
         self.system_prompt = system_prompt
+        self.max_response_bytes = max(1, int(max_response_bytes))
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="joycaption-api")
         self._rng = random.Random(0)
         self._rng_lock = threading.Lock()
         self._closed = threading.Event()
 
     # ----- HTTP -----
+    def redact(self, text: str) -> str:
+        """`text` with the API key replaced (a server may echo it back in an error or an answer)."""
+        return text.replace(self.key, REDACTED) if self.key and text else text
+
     def _request(self, path: str, payload: dict | None, timeout: float) -> dict:
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data, method="GET" if data is None else "POST")
-        req.add_header("Accept", "application/json")
+        headers = {"Accept": "application/json"}
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            headers["Content-Type"] = "application/json"
         if self.key:
-            req.add_header("Authorization", f"Bearer {self.key}")
+            headers["Authorization"] = f"Bearer {self.key}"
+        url = self.base + path
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read() if exc.fp is not None else b""
-            reason = f"HTTP {exc.code}: {_error_text(body) or exc.reason}"
-            if exc.code in RETRY_STATUS:
-                raise _Retryable(reason, parse_retry_after(exc.headers.get("Retry-After"))) from None
-            if exc.code in FATAL_STATUS:
-                raise ApiFatal(f"{self.base}{path}: {FATAL_STATUS[exc.code]} ({reason})") from None
+            answer = exchange("GET" if data is None else "POST", url, data, headers, timeout, self.max_response_bytes)
+        except ExchangeTimeout:
+            raise _Retryable(f"no complete answer within {timeout:g} s (--api_timeout)") from None
+        except TooLarge:
+            raise RuntimeError(f"the server's answer is larger than {self.max_response_bytes / 2**20:g} MiB: "
+                               "refused (a caption is a few kB)") from None
+        except CrossOriginRedirect as exc:
+            raise ApiFatal(f"{url}: the server redirects to {exc}, another origin: not followed, so the API key "
+                           "goes nowhere else; give the final address as --api_base") from None
+        except (OSError, http.client.HTTPException) as exc:
+            why = getattr(exc, "strerror", None) or f"{exc.__class__.__name__}: {exc}"
+            raise _Retryable(self.redact(f"connection failed: {why}")) from None
+        body = answer.body
+        if not 200 <= answer.status < 300:
+            reason = self.redact(f"HTTP {answer.status}: {_error_text(body) or http.client.responses.get(answer.status, '')}")
+            if answer.status in RETRY_STATUS:
+                raw = answer.headers.get("retry-after")
+                raise _Retryable(reason, parse_retry_after(raw), retry_after_seconds(raw)) from None
+            if answer.status in FATAL_STATUS:
+                raise ApiFatal(f"{url}: {FATAL_STATUS[answer.status]} ({reason})") from None
             raise RuntimeError(reason) from None
-        except (socket.timeout, TimeoutError):
-            raise _Retryable(f"no answer within {timeout:g} s") from None
-        except urllib.error.URLError as exc:
-            raise _Retryable(f"connection failed: {exc.reason}") from None
-        except (ConnectionError, http.client.HTTPException) as exc:
-            raise _Retryable(f"connection failed: {exc.__class__.__name__}: {exc}") from None
         try:
             return json.loads(body.decode("utf-8"))
         except ValueError:
-            raise RuntimeError(f"the server answered something that is not JSON: {body[:120]!r}") from None
+            raise RuntimeError(self.redact(f"the server answered something that is not JSON: {body[:120]!r}")) from None
 
     def _with_retries(self, path: str, payload: dict) -> dict:
         attempt = 0
@@ -180,7 +202,12 @@ class ApiJoyCaption:
                     delay *= 0.75 + 0.5 * self._rng.random()
                 if exc.retry_after is not None:
                     delay = exc.retry_after
-                logger.debug("retrying in %.2f s: %s", delay, exc)
+                    capped = f" (it asked for {exc.asked:.0f} s; {MAX_RETRY_AFTER:.0f} s at most)" \
+                        if exc.asked is not None and exc.asked > exc.retry_after else ""
+                    logger.warning("%s: waiting %.0f s as the server asks (Retry-After)%s before attempt %d of %d",
+                                   exc, delay, capped, attempt + 2, self.retries + 1)
+                else:
+                    logger.debug("retrying in %.2f s: %s", delay, exc)
                 if self._closed.wait(delay):  # the run ended (Ctrl-C): stop retrying
                     raise RuntimeError(f"{exc} (run stopped)") from None
                 attempt += 1
@@ -247,10 +274,10 @@ class ApiJoyCaption:
             choice = answer["choices"][0]
             content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise RuntimeError(f"unexpected answer from the server: {str(answer)[:200]}") from None
+            raise RuntimeError(self.redact(f"unexpected answer from the server: {str(answer)[:200]}")) from None
         if isinstance(content, list):  # some servers return content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return Generation(text=(content or "").strip(), hit_limit=choice.get("finish_reason") == "length")
+        return Generation(text=self.redact(str(content or "")).strip(), hit_limit=choice.get("finish_reason") == "length")
 
     # ----- the backend protocol of library.joycaption.job -----
     def loader(self) -> JpegDataUrlLoader:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from library.joycaption.generation import CaptionJob, Generation, Sampling
 from library.errors import FatalError
-from library.backends.hf_loading import dtype_kwarg, load_pretrained
+from library.backends.hf_loading import dtype_kwarg, load_pretrained, load_weights
 from library.backends.torch_device import free_accelerator_memory, is_out_of_memory
 from library.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
@@ -135,7 +135,7 @@ class LocalJoyCaption:
             kwargs["device_map"] = {"": self.device.index or 0}
         logger.info("loading %s (%s, %s%s)", model_id, self.device, str(self.dtype).replace("torch.", ""),
                     "" if quantization == "none" else f", {quantization}")
-        self.model = load_pretrained(LlavaForConditionalGeneration.from_pretrained, model_id, **kwargs)
+        self.model = load_weights(LlavaForConditionalGeneration.from_pretrained, model_id, **kwargs)
         if "device_map" not in kwargs:
             self.model.to(self.device)
         self.model.eval()

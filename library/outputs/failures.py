@@ -6,17 +6,13 @@ import json
 import os
 from pathlib import Path
 
+from library.outputs import json_text
 from library.sidecars import atomic_write_text
-
-
-def _text(value: str) -> str:
-    """JSON for a str that may hold lone surrogates (file names that are not UTF-8), escaped so the file stays UTF-8."""
-    return json.dumps(value, ensure_ascii=True)
 
 
 def write_failures(path: str | os.PathLike, failures: list[tuple[Path, str]]) -> None:
     """Write `failures` as JSON Lines {"path": ..., "reason": ...} (atomically, replacing an earlier list)."""
-    lines = [f'{{"path": {_text(os.fspath(p))}, "reason": {_text(reason)}}}\n' for p, reason in failures]
+    lines = [json_text.dumps({"path": os.fspath(p), "reason": reason}) + "\n" for p, reason in failures]
     atomic_write_text(path, "".join(lines))
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from library.outputs import json_text
 from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import atomic_write_text
 
@@ -67,8 +68,8 @@ class MetadataWriter(ResultWriter):
                 row = {"image_path": path, "caption": e["tags"], "image_size": e["image_size"]}
                 if e.get("scores") is not None:
                     row["scores"] = e["scores"]
-                lines.append(json.dumps(row, ensure_ascii=False))
+                lines.append(json_text.dumps(row, ensure_ascii=False))
             atomic_write_text(self.path, "\n".join(lines) + ("\n" if lines else ""))
         else:
             data = {p: {"tags": e["tags"], "image_size": e["image_size"]} for p, e in self.entries.items()}
-            atomic_write_text(self.path, json.dumps(data, ensure_ascii=False, indent=4) + "\n")
+            atomic_write_text(self.path, json_text.dumps(data, ensure_ascii=False, indent=4) + "\n")

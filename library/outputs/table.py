@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from library.errors import OptionError
+from library.outputs import json_text
 from library.outputs.writer import ResultRow, ResultWriter
 from library.sidecars import atomic_write, atomic_write_text
 
@@ -35,7 +36,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
             if row.get("scores") is not None:
                 out["scores"] = row["scores"]
             out["error"] = row["error"]
-            lines.append(json.dumps(out, ensure_ascii=False))
+            lines.append(json_text.dumps(out, ensure_ascii=False))
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         return
     import pyarrow as pa

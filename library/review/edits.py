@@ -8,13 +8,15 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from library.confinement import Confinement
 from library.dataset.caption_edit import CaptionEdit, edit_tags
 from library.discovery import discover_images
-from library.sidecars import SidecarLayout, read_caption, split_caption, write_caption
+from library.sidecars import CaptionReadError, SidecarLayout, read_caption, split_caption, write_caption
 from library.taggers.tag_rules import tag_key
 from library.review.thumbnails import absolute, relative_key
 
 MAX_CAPTION_CHARS = 100_000
+NO_BASE = object()  # a save without "base" (scripts, curl): written whatever the file holds now
 
 
 class EditRefused(Exception):
@@ -75,6 +77,7 @@ class CaptionStore:
         self.layout = layout
         self.recursive = recursive
         self.separator = separator
+        self.confinement = Confinement(self.folder, layout.output_dir)
         self._lock = threading.Lock()
         self.images: dict[str, Path] = {}
         self._owners: dict[Path, list[str]] = {}
@@ -96,35 +99,55 @@ class CaptionStore:
             raise EditRefused(404, f"not an image of this dataset: {rel!r}")
         return self.images[rel]
 
+    def image_file(self, rel) -> Path:
+        """The image to serve for this id; one whose real path is outside the dataset (a symlink out) is refused."""
+        image = self.image(rel)
+        reason = self.confinement.outside_reason(image)
+        if reason:
+            raise EditRefused(403, reason)
+        return image
+
     def _sharing(self, caption_path: Path) -> list[str]:
         return self._owners.get(caption_path, [])
 
+    def _confined(self, caption_path: Path) -> Path:
+        reason = self.confinement.outside_reason(caption_path)
+        if reason:
+            raise EditRefused(403, reason)
+        return caption_path
+
     def _read(self, caption_path: Path) -> str | None:
+        self._confined(caption_path)
         try:
             text = read_caption(caption_path)
-        except UnicodeDecodeError:
+        except CaptionReadError:
             raise EditRefused(409, f"{caption_path.name} is not UTF-8 text; fix it in an editor") from None
         return text.replace("\r\n", "\n") if text is not None else None
 
-    def set_caption(self, rel, text, base=None) -> dict[str, str]:
+    def set_caption(self, rel, text, base=NO_BASE) -> dict[str, str]:
         """Write one caption; returns {image id: new caption} for every image sharing that sidecar.
 
         Args:
             rel: the image id.
             text: the new caption (a trailing newline is added on disk).
-            base: the caption the editor started from; when the file changed since, the write is refused (409).
+            base: the caption the editor started from, None when the image had no caption file; when the file
+                changed since (or was created since), the write is refused (409). NO_BASE: no check.
         """
         image = self.image(rel)
         if not isinstance(text, str) or len(text) > MAX_CAPTION_CHARS:
             raise EditRefused(400, f"caption must be text of at most {MAX_CAPTION_CHARS} characters")
+        if base is not NO_BASE and base is not None and not isinstance(base, str):
+            raise EditRefused(400, "base must be the caption text the edit started from, or null")
         text = text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
         path = self.layout.path_for(image)
         with self._lock:
             current = self._read(path)
-            if base is not None and (current or "") != base.replace("\r\n", "\n").strip("\n"):
+            stale = (current is not None if base is None
+                     else base is not NO_BASE and (current or "") != base.replace("\r\n", "\n").strip("\n"))
+            if stale:
                 raise EditRefused(409, f"{path.name} changed on disk since the page was loaded; reload the page")
             if current != text:
-                write_caption(path, text)
+                write_caption(self._confined(path), text)
             return {r: text for r in self._sharing(path)}
 
     def change_tags(self, rels, op: str, tags) -> tuple[dict[str, str], int, list[str]]:
@@ -141,6 +164,10 @@ class CaptionStore:
         tags = [t.strip() for t in tags if t.strip()]
         if not tags:
             raise EditRefused(400, "no tags given")
+        if any("\n" in t or "\r" in t for t in tags):
+            raise EditRefused(400, "a tag must not contain a line break")
+        if sum(len(t) for t in tags) > MAX_CAPTION_CHARS:
+            raise EditRefused(400, f"tags must be at most {MAX_CAPTION_CHARS} characters together")
         if op not in ("add", "remove"):
             raise EditRefused(400, f"unknown tag operation {op!r} (add or remove)")
         images = [self.image(r) for r in rels]  # every id is checked before anything is written
@@ -159,7 +186,9 @@ class CaptionStore:
                     new = change_tags(old, op, tags, self.separator)
                     if new is None or new == old:
                         continue
-                    write_caption(path, new)
+                    if len(new) > MAX_CAPTION_CHARS:
+                        raise EditRefused(400, f"the caption would exceed {MAX_CAPTION_CHARS} characters")
+                    write_caption(self._confined(path), new)
                 except (EditRefused, OSError) as exc:
                     problems.append(f"{path.name}: {exc}")
                     continue

@@ -12,13 +12,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
+from library.confinement import Confinement
 from library.dataset.buckets import BucketPlanner, BucketSettings, default_bucket_settings
 from library.discovery import discover_images
 from library.errors import FatalError
+from library.outputs import json_text
 from library.dataset.metadata_merge import load_metadata, resolve_key
 from library.dataset.tokens import ENCODERS, TokenCounter
-from library.sidecars import SidecarLayout, atomic_write_text, read_caption
-from library.review.thumbnails import absolute, build_thumbnails, relative_key
+from library.sidecars import CaptionReadError, SidecarLayout, atomic_write_text, read_caption
+from library.review.thumbnails import ThumbInfo, absolute, build_thumbnails, relative_key
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +114,11 @@ def _url_prefix(target: Path, page_dir: Path) -> str:
         return target.as_uri().rstrip("/") + "/"
     if rel == ".":
         return ""
-    return "/".join(quote(part) for part in Path(rel).parts) + "/"
+    return "/".join(quote(os.fsencode(part)) for part in Path(rel).parts) + "/"  # a name's own bytes
 
 
 def collect_report(root: str | os.PathLike, options: ReportOptions, thumbs_dir: Path,
-                   run_failures=()) -> dict:
+                   run_failures=(), confinement: Confinement | None = None) -> dict:
     """Everything the page shows, as one JSON-ready dict (images, captions, thumbnails, buckets, failures).
 
     Args:
@@ -124,6 +126,8 @@ def collect_report(root: str | os.PathLike, options: ReportOptions, thumbs_dir: 
         options: where captions are and how to draw them.
         thumbs_dir: the thumbnail cache folder.
         run_failures: (path, reason) pairs of a captioning run, shown with the images that failed here.
+        confinement: when given (the edit server), images and captions whose real path is outside it are not
+            read: they are listed as failures instead.
     Raises:
         FatalError: no images, or the thumbnail folder cannot be written.
     """
@@ -131,27 +135,35 @@ def collect_report(root: str | os.PathLike, options: ReportOptions, thumbs_dir: 
     images = [absolute(p) for p in discover_images(root, options.recursive)]
     layout = SidecarLayout(options.caption_extension, folder,
                            absolute(options.output_dir) if options.output_dir else None)
+    failures: dict[str, str] = {}
+    outside = {}
+    if confinement is not None:
+        outside = {image: reason for image in images if (reason := confinement.outside_reason(image))}
     try:
-        thumbs = build_thumbnails(images, folder, thumbs_dir, options.thumb_size, options.workers, options.progress)
+        thumbs = build_thumbnails([p for p in images if p not in outside], folder, thumbs_dir, options.thumb_size,
+                                  options.workers, options.progress)
     except OSError as exc:
         raise FatalError(f"{thumbs_dir}: cannot write thumbnails ({exc.strerror or exc}); "
                          "give the page a writable place with --out PATH.html") from None
     planner = BucketPlanner(options.settings)
     metadata = _metadata_captions(options.metadata_path, folder) if options.metadata_path else None
-    failures: dict[str, str] = {}
     bucket_ids: dict[tuple[int, int], int] = {}
     rows = []
     for image in images:
         rel = relative_key(image, folder)
-        info = thumbs[image]
-        if metadata is not None:
+        info = thumbs.get(image) or ThumbInfo(None, None, outside.get(image))
+        caption_path = layout.path_for(image)
+        if confinement is not None and not confinement.allows(caption_path):
+            caption = None
+            failures[rel] = confinement.outside_reason(caption_path)
+        elif metadata is not None:
             caption = metadata.get(image.resolve())  # metadata keys resolve symlinks
         else:
             try:
-                caption = read_caption(layout.path_for(image))
-            except UnicodeDecodeError:
+                caption = read_caption(caption_path)
+            except CaptionReadError:
                 caption = None
-                failures[rel] = f"caption file {layout.path_for(image).name} is not UTF-8 text"
+                failures[rel] = f"caption file {caption_path.name} is not UTF-8 text"
             except OSError as exc:
                 caption = None
                 failures[rel] = f"cannot read caption file ({exc.strerror or exc})"
@@ -215,10 +227,10 @@ def render_page(data: dict) -> str:
     """The self-contained page for `data` (no network: styles, script and data are inline)."""
     from html import escape
 
-    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    blob = json_text.dumps(data, separators=(",", ":"))
     # inside <script type="application/json"> only "</" (and "<!--") could end the element early
     blob = blob.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    parts = {_TITLE_MARK: escape(f"captions: {data['title']}"), _SCRIPT_MARK: _asset("caption_report.js"),
+    parts = {_TITLE_MARK: escape(f"captions: {json_text.printable(data['title'])}"), _SCRIPT_MARK: _asset("caption_report.js"),
              _DATA_MARK: blob}
     return _MARKS.sub(lambda m: parts[m.group(0)], _asset("caption_report.html"))  # one pass: no value is rescanned
 
@@ -249,7 +261,7 @@ def write_report(root: str | os.PathLike, page: str | os.PathLike | None, option
     data = collect_report(root, options, thumbs_dir_for(page), run_failures)
     folder = Path(data["root"])
     data["image_base"] = _url_prefix(folder, page.parent)
-    data["thumb_base"] = quote(thumbs_dir_for(page).name) + "/"
+    data["thumb_base"] = quote(os.fsencode(thumbs_dir_for(page).name)) + "/"
     html = render_page(data)
     try:
         atomic_write_text(page, html)

@@ -10,6 +10,7 @@ import mimetypes
 import secrets
 import signal
 import socket
+import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 from library.review.report import ReportOptions, collect_report, dataset_root, render_page
 from library.errors import FatalError
-from library.review.edits import CaptionStore, EditRefused
+from library.outputs import json_text
+from library.review.edits import NO_BASE, CaptionStore, EditRefused
 from library.sidecars import SidecarLayout
 from library.review.thumbnails import NAME_PATTERN, absolute
 
@@ -63,6 +65,7 @@ class ReviewServer(ThreadingHTTPServer):
 
     daemon_threads = False  # server_close() waits for a save in progress: stopping never loses an edit
     block_on_close = True
+    request_queue_size = 128  # bursts of concurrent saves wait in the listen queue instead of being reset
 
     def __init__(self, root, options: ReportOptions, thumbs_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  allow_hosts=()):
@@ -81,6 +84,28 @@ class ReviewServer(ThreadingHTTPServer):
             raise FatalError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try another --port") from None
         self.port = self.server_address[1]
         self.bind_host = host
+        self._connections: dict[socket.socket, bool] = {}  # open connections -> a save is in progress
+        self._connections_lock = threading.Lock()
+
+    def track(self, connection: socket.socket, saving: bool | None) -> None:
+        """Note an open connection (saving: whether it is writing now); None forgets it."""
+        with self._connections_lock:
+            if saving is None:
+                self._connections.pop(connection, None)
+            else:
+                self._connections[connection] = saving
+
+    def server_close(self) -> None:
+        """Stop listening, hang up on clients that are only sending or waiting, and wait for saves in progress."""
+        socketserver.TCPServer.server_close(self)  # ThreadingMixIn's would first wait for every client
+        with self._connections_lock:
+            idle = [conn for conn, saving in self._connections.items() if not saving]
+        for conn in idle:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._threads.join()
 
     @property
     def loopback(self) -> bool:
@@ -106,7 +131,11 @@ class ReviewServer(ThreadingHTTPServer):
             return True
         if port != str(self.port):
             return False
-        return host in _LOOPBACK_NAMES or _is_ip(host)
+        if host in _LOOPBACK_NAMES:
+            return True
+        if not _is_ip(host):
+            return False
+        return not self.loopback or ipaddress.ip_address(host).is_loopback  # bound to loopback: no other address
 
     def origin_allowed(self, origin: str | None, host_header: str) -> bool:
         """True when the browser sent no Origin (not a browser) or the Origin is this server itself."""
@@ -118,7 +147,7 @@ class ReviewServer(ThreadingHTTPServer):
     def page(self) -> bytes:
         """The review page with the dataset as it is on disk now, the write token and edit controls."""
         self.store.refresh()
-        data = collect_report(self.root, self.options, self.thumbs_dir)
+        data = collect_report(self.root, self.options, self.thumbs_dir, confinement=self.store.confinement)
         data.update(mode="serve", token=self.token, editable=True, image_base="image/", thumb_base="thumbs/")
         return render_page(data).encode("utf-8")
 
@@ -129,6 +158,16 @@ class ReviewHandler(BaseHTTPRequestHandler):
     server: ReviewServer
     server_version = "captionkit-review"
     timeout = 60  # a stalled client cannot hold a thread (and Ctrl-C) forever
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, False)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, None)
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
         logger.debug("%s %s", self.address_string(), format % args)
@@ -146,7 +185,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8",
+        self._send(status, json_text.dumps(payload).encode("utf-8"), "application/json; charset=utf-8",
                    {"Cache-Control": "no-store"})
 
     def _error(self, status: int, message: str) -> None:
@@ -180,7 +219,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             self._file(self.server.thumbs_dir / name, "max-age=86400")  # names change when images change
         elif path.startswith("/image/"):
             try:
-                image = self.server.store.image(unquote(path[len("/image/"):]))
+                image = self.server.store.image_file(unquote(path[len("/image/"):], errors="surrogateescape"))
             except EditRefused as exc:
                 self._error(exc.status, str(exc))
                 return
@@ -237,9 +276,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if body is None:
             return
         store = self.server.store
+        self.server.track(self.connection, True)  # from here on, stopping the server waits for this save
         try:
             if path == "/api/caption":
-                updated = store.set_caption(body.get("path"), body.get("text"), body.get("base"))
+                updated = store.set_caption(body.get("path"), body.get("text"), body.get("base", NO_BASE))
                 logger.info("saved caption of %s", body.get("path"))
                 self._json(200, {"ok": True, "updated": updated, "written": 1})
             else:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from library.outputs import json_text
 from library.image_io import ImageLoadError, open_image
 from library.pipeline import LoadedItem, RunSummary, default_workers, run_batches
 from library.sidecars import atomic_write, atomic_write_text
@@ -159,6 +160,6 @@ def build_thumbnails(images: list[Path], root: Path, dest: Path, size: int = 256
             except OSError:
                 pass
     if entries != index:
-        atomic_write_text(dest / INDEX_NAME, json.dumps({"version": CACHE_VERSION, "entries": entries},
-                                                        ensure_ascii=False, separators=(",", ":")))
+        atomic_write_text(dest / INDEX_NAME, json_text.dumps({"version": CACHE_VERSION, "entries": entries},
+                                                              separators=(",", ":")))
     return out
