@@ -95,7 +95,7 @@ def test_gives_up_after_api_retries_and_reports_the_image(photos, tmp_path, caps
         code = run(api_args(server, str(tmp_path / "ds"), "--api_concurrency", "1", "--api_retries", "2",
                             "--mode", "tags"))
     out = capsys.readouterr().out
-    assert code == 0 and len(server.requests) == 3
+    assert code == cli.EXIT_ALL_FAILED and len(server.requests) == 3  # its only image failed
     assert "failed 1" in out and "HTTP 500" in out and "gave up after 3 attempts" in out
     assert not images[0].with_suffix(".txt").exists()
 
@@ -116,7 +116,7 @@ def test_loops_are_retried_then_reported(photos, tmp_path, capsys):
         images[0].with_suffix(".txt").unlink()
         server.plan = ["loop", "cut"] * 3  # (tags, description) per round: tags always loop, description cut off
         server.requests.clear()
-        assert run(api_args(server, str(tmp_path / "ds"), "--api_concurrency", "1", "--max-retries", "2")) == 0
+        assert run(api_args(server, str(tmp_path / "ds"), "--api_concurrency", "1", "--max-retries", "2")) == cli.EXIT_ALL_FAILED
         assert len(server.requests) == 6
     out = capsys.readouterr().out
     assert "failed 1" in out and "tags: kept repeating itself after 3 attempts" in out
