@@ -201,7 +201,7 @@ def test_script_end_to_end_subprocess(jc, model_dir, photos, tmp_path):
     assert not (ds / "zero.txt").exists()
 
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0 and "captioned 0, skipped 3, failed 2" in proc.stdout
+    assert proc.returncode == 3 and "captioned 0, skipped 3, failed 2" in proc.stdout  # every image it tried failed
 
 
 def test_single_file_tags_mode_overwrite_and_fatal_errors(jc, model_dir, photos, tmp_path, capsys):
