@@ -6,9 +6,8 @@ import logging
 import os
 from typing import Any, Callable
 
-from library.backends.hub_access import (download_hint, first_line, folder_problem, hub_unreachable,
-                                          local_model_folder)
-from library.backends.hub_files import ModelNotAvailable
+from library.backends.hub_access import (download_hint, first_line, hub_unreachable)
+from library.backends.hub_files import ModelNotAvailable, path_like_folder
 
 logger = logging.getLogger(__name__)
 _told_cache_only: set[str] = set()
@@ -41,12 +40,9 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
         ModelNotAvailable: no such folder, an incomplete folder, or a hub id that is not in the cache and
             cannot be downloaded.
     """
-    local = local_model_folder(model_id)
+    local = path_like_folder(model_id, f"model {model_id!r} is not available",
+                             "a model name that looks like a path is a local folder; hub ids look like 'org/name'")
     if local is not None:
-        problem = folder_problem(local)
-        if problem:
-            raise ModelNotAvailable(f"model {model_id!r} is not available: {problem} (a model name that looks like a "
-                                    "path is a local folder; hub ids look like 'org/name')")
         try:
             return loader(str(local), **kwargs)
         except (OSError, _validation_error()) as exc:

@@ -37,6 +37,17 @@ class ModelLocation:
     download_root: Path | None
 
 
+def path_like_folder(name: str, what: str, hint: str) -> Path | None:
+    """The existing folder a path-like model name means, None for a hub id; ModelNotAvailable('WHAT: no such
+    folder: ... (HINT)') when the name looks like a path but is not a folder."""
+    local = local_model_folder(name)
+    if local is not None:
+        problem = folder_problem(local)
+        if problem:
+            raise ModelNotAvailable(f"{what}: {problem} ({hint})")
+    return local
+
+
 def locate_model(repo_id: str, model_dir: str | os.PathLike) -> ModelLocation:
     """Map --repo_id/--model_dir to a location exactly as sd-scripts and the kohya_ss GUI do.
 
@@ -46,12 +57,9 @@ def locate_model(repo_id: str, model_dir: str | os.PathLike) -> ModelLocation:
     Raises:
         ModelNotAvailable: a path-like name that is not an existing folder, or a name that is neither.
     """
-    local = local_model_folder(repo_id)
+    local = path_like_folder(repo_id, f"--repo_id {repo_id}", "a --repo_id that looks like a path is a local model "
+                             "folder; hub ids look like 'SmilingWolf/wd-swinv2-tagger-v3'")
     if local is not None:
-        problem = folder_problem(local)
-        if problem:
-            raise ModelNotAvailable(f"--repo_id {repo_id}: {problem} (a --repo_id that looks like a path is a local "
-                                    "model folder; hub ids look like 'SmilingWolf/wd-swinv2-tagger-v3')")
         return ModelLocation(local, None, None, None)
     tokens = [t for t in repo_id.strip("/").split("/") if t]
     if len(tokens) < 2:

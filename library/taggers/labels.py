@@ -49,10 +49,12 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     return [h.strip() for h in rows[0]], rows[1:]
 
 
-def _column(path: Path, header: list[str], name: str, expected: str) -> int:
-    if name not in header:
+def _columns(path: Path, header: list[str], expected: str, *names: str) -> list[int]:
+    """The index of each named column; a header without one of them is an error that says what was expected."""
+    missing = [name for name in names if name not in header]
+    if missing:
         raise ValueError(f"{path}: unexpected header {','.join(header)}; expected {expected}")
-    return header.index(name)
+    return [header.index(name) for name in names]
 
 
 def _series(path: Path, line_no: int, text: str) -> tuple[str, ...]:
@@ -72,9 +74,8 @@ def load_selected_tags_csv(path: str | Path) -> TagLabels:
     """Read a `selected_tags.csv`: SmilingWolf's (tag_id,name,category,count) or deepghs' PixAI one (with `ips`)."""
     path = Path(path)
     header, rows = _read_csv(path)
-    expected = "tag_id,name,category,count (or PixAI's id,tag_id,name,category,count,ips)"
-    name_col = _column(path, header, "name", expected)
-    cat_col = _column(path, header, "category", expected)
+    name_col, cat_col = _columns(path, header, "tag_id,name,category,count (or PixAI's id,tag_id,name,category,count,ips)",
+                                 "name", "category")
     ips_col = header.index("ips") if "ips" in header else None
     names, categories, series = [], [], []
     for line_no, row in enumerate(rows, start=2):
@@ -99,9 +100,7 @@ def pixai_default_thresholds(path: str | Path | None, categories: list[str]) -> 
     if path is not None:
         path = Path(path)
         header, rows = _read_csv(path)
-        expected = "category,name,threshold"
-        cat_col = _column(path, header, "category", expected)
-        thr_col = _column(path, header, "threshold", expected)
+        cat_col, thr_col = _columns(path, header, "category,name,threshold", "category", "threshold")
         name_col = header.index("name") if "name" in header else None
         for line_no, row in enumerate(rows, start=2):
             try:
