@@ -92,3 +92,12 @@ def process_batch(model: Model, items: list) -> list[ItemResult]:
     if len(results) != len(items):
         raise FatalError(f"the model returned {len(results)} results for {len(items)} images")
     return results
+
+
+def image_seed(seed: int, key: str) -> int:
+    """A per-image seed from the run's --seed and a stable key (the image's path relative to the dataset, plus what
+    is generated): an image's sampled caption does not depend on batch size, worker count, order or resume."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\0{key}".encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF

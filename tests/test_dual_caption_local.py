@@ -222,3 +222,23 @@ def test_single_file_tags_mode_overwrite_and_fatal_errors(jc, model_dir, photos,
     assert cli.run_script(main, setup_parser(), argv=[str(image), "--overwrite", "--model",
                                                       str(tmp_path / "no-such-model")]) == 1
     assert "is not available" in capsys.readouterr().err
+
+
+def test_sampled_captions_do_not_depend_on_the_batch_or_order(jc, photos, tmp_path):
+    """--seed with sampling: each image samples from its own seed (its path and the caption), whatever its batch."""
+    sampling = Sampling(do_sample=True, temperature=1.0, top_p=0.95, top_k=50, seed=7)
+    tasks = [CaptionTask("tags", TAGS, 12), CaptionTask("description", DESC, 12)]
+    root = photos[0].parent
+    items = [LoadedItem(p, SquashLoader(384)(p)[0]) for p in photos[:3]]
+
+    def captions(batch):
+        return {item.path.name: res[0] for item, res in zip(batch, caption_batch(jc, batch, tasks, sampling, 0, root))}
+
+    together = captions(items)
+    alone = {}
+    for item in reversed(items):
+        alone.update(captions([item]))
+    assert together == alone and all(c and all(c) for c in together.values())
+    other = caption_batch(jc, items, tasks, Sampling(do_sample=True, temperature=1.0, top_p=0.95, top_k=50, seed=8),
+                          0, root)
+    assert [c for c, _, _ in other] != list(together.values())  # the seed matters

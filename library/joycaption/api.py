@@ -264,8 +264,9 @@ class ApiJoyCaption:
             body.update(temperature=s.temperature, top_p=s.top_p)
             if s.top_k:
                 body["top_k"] = s.top_k  # vLLM, llama.cpp and Ollama accept it; OpenAI itself does not
-        if s.seed is not None:
-            body["seed"] = s.seed
+        seed = job.seed if job.seed is not None else s.seed
+        if seed is not None:
+            body["seed"] = seed % 2**31  # the image's own seed; servers take 32-bit seeds
         return body
 
     def caption_one(self, data_url: str, job: CaptionJob) -> Generation:

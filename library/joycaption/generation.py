@@ -43,6 +43,7 @@ class CaptionJob:
     prompt: str
     max_new_tokens: int
     sampling: Sampling
+    seed: int | None = None  # this image's own sampling seed (library.jobs.image_seed); None: sampling.seed
 
 
 @dataclass

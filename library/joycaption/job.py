@@ -10,7 +10,7 @@ from typing import Callable, Protocol, Sequence
 from library.joycaption.generation import GLITCH_TEXT, CaptionJob, Generation, Sampling, glitch_reason
 from library.sidecars import one_line
 from library.errors import FatalError
-from library.jobs import ItemResult, Job, Model
+from library.jobs import ItemResult, Job, Model, image_seed
 from library.outputs.sidecar import sidecar_writer
 from library.outputs.writer import ResultWriter
 from library.pipeline import LoadedItem
@@ -88,14 +88,27 @@ def pick_attempt(attempts: list[Generation | str]) -> tuple[Generation | None, s
     return None, f"{GLITCH_TEXT[reason]} {tries}", None
 
 
+def _seed_key(path: Path, root: Path | None) -> str:
+    try:
+        return (path.relative_to(root) if root is not None else Path(path.name)).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
 def caption_batch(backend: Backend, items: list[LoadedItem], tasks: Sequence[CaptionTask], sampling: Sampling,
-                  max_retries: int) -> list[tuple[list[str] | None, str | None, list[str]]]:
+                  max_retries: int, root: Path | None = None) -> list[tuple[list[str] | None, str | None, list[str]]]:
     """Caption a batch: per item (captions in task order or None, error or None, warnings).
 
     The backend prepares each image once (one vision pass / one upload encoding) for all captions and retries.
+    With sampling and a seed, each image's captions use their own seed from the seed and the image's path relative
+    to `root`, so they do not depend on the batch the image lands in.
     """
     state = backend.prepare(items)
-    jobs = [CaptionJob(row, t.prompt, t.max_new_tokens, sampling) for row in range(len(items)) for t in tasks]
+    seeded = sampling.seed is not None and not sampling.greedy
+    keys = [f"{_seed_key(item.path, root)}#{t.name}" for item in items for t in tasks]
+    jobs = [CaptionJob(i // len(tasks), t.prompt, t.max_new_tokens, sampling,
+                       image_seed(sampling.seed, keys[i]) if seeded else None)
+            for i, t in enumerate(t for _ in items for t in tasks)]
     history: list[list[Generation | str]] = [[g] for g in backend.run(state, jobs)]
     pending = [i for i, h in enumerate(history) if isinstance(h[-1], Generation) and glitch_reason(h[-1])]
     for attempt in range(1, max_retries + 1):
@@ -104,7 +117,8 @@ def caption_batch(backend: Backend, items: list[LoadedItem], tasks: Sequence[Cap
         for i in pending:
             logger.debug("row %d, %s: %s; retry %d", jobs[i].row, tasks[i % len(tasks)].name,
                          glitch_reason(history[i][-1]), attempt)
-        retry = [replace(jobs[i], sampling=sampling.for_retry(attempt)) for i in pending]
+        retry = [replace(jobs[i], sampling=sampling.for_retry(attempt),
+                         seed=image_seed(sampling.seed or 0, f"{keys[i]}#retry {attempt}")) for i in pending]
         for i, gen in zip(pending, backend.run(state, retry)):
             if isinstance(gen, str):  # the retry failed outright: keep the glitched caption and stop here
                 continue
@@ -135,7 +149,8 @@ class DualCaptionModel(Model):
                                                                      max(t.max_new_tokens for t in cfg.tasks))
 
     def process(self, items: list[LoadedItem]) -> list[ItemResult]:
-        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries)
+        root = self.cfg.image_path if self.cfg.image_path.is_dir() else self.cfg.image_path.parent
+        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries, root)
         return [ItemResult("\n".join(captions) if captions is not None else None, error, warnings=warnings,
                            details={"captions": captions} if captions is not None else None)
                 for captions, error, warnings in results]

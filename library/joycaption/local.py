@@ -259,13 +259,20 @@ class LocalJoyCaption:
                              f"{self.image_tokens} image tokens")
         return features
 
-    def generate(self, features, prompts: Sequence[str], max_new_tokens: int, sampling: Sampling) -> list[Generation]:
-        """One caption per row from precomputed image features (row i uses features[i] and prompts[i])."""
+    def generate(self, features, prompts: Sequence[str], max_new_tokens: int, sampling: Sampling,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        """One caption per row from precomputed image features (row i uses features[i] and prompts[i]).
+
+        seeds: with sampling, one seed per row: each row samples from its own generator (batch-size invariant).
+        """
         prompts = list(prompts)
-        parts = self._chunked(len(prompts), lambda s: self._generate(features[s], prompts[s], max_new_tokens, sampling))
+        seeds = list(seeds) if seeds is not None and not sampling.greedy else None
+        parts = self._chunked(len(prompts), lambda s: self._generate(
+            features[s], prompts[s], max_new_tokens, sampling, seeds[s] if seeds is not None else None))
         return [gen for part in parts for gen in part]
 
-    def _generate(self, features, prompts: Sequence[str], max_new_tokens: int, sampling: Sampling) -> list[Generation]:
+    def _generate(self, features, prompts: Sequence[str], max_new_tokens: int, sampling: Sampling,
+                  seeds: Sequence[int] | None = None) -> list[Generation]:
         torch = self.torch
         ids, mask = self.pack(prompts)
         with torch.inference_mode():
@@ -274,7 +281,12 @@ class LocalJoyCaption:
             embeds = embeds.masked_scatter(image_mask, features.to(embeds.device, embeds.dtype))
             kwargs = dict(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                           eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True, suppress_tokens=None)
-            if not sampling.greedy:
+            if not sampling.greedy and seeds is not None:  # each row draws from its own generator
+                from library.captioners.row_sampling import RowSampler
+
+                kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                              logits_processor=[RowSampler(seeds, sampling.temperature, sampling.top_p, sampling.top_k)])
+            elif not sampling.greedy:
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -313,8 +325,9 @@ class LocalJoyCaption:
             groups.setdefault((job.max_new_tokens, job.sampling), []).append(i)
         for (max_new_tokens, sampling), idx in groups.items():
             rows = self.torch.tensor([jobs[i].row for i in idx], device=features.device)
+            seeds = [jobs[i].seed for i in idx]
             gens = self.generate(features.index_select(0, rows), [jobs[i].prompt for i in idx], max_new_tokens,
-                                 sampling)
+                                 sampling, seeds if all(s is not None for s in seeds) else None)
             for i, gen in zip(idx, gens):
                 results[i] = gen
         return results
