@@ -38,9 +38,10 @@ def setup_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train_data_dir", type=str, help="folder of images to tag (or one image file)")
     p.add_argument("--list_models", action=ListModels, help="list known taggers (repo id, layout, size, licence) and exit")
-    p.add_argument("--repo_id", type=str, default=DEFAULT_REPO_ID,
+    p.add_argument("--repo_id", "--model", dest="repo_id", type=str, default=DEFAULT_REPO_ID,
                    help="hub id 'org/name' or 'org/name/subfolder' (cl_tagger layout), or a local model folder; "
-                        f"the layout is detected from its files (default {DEFAULT_REPO_ID}; see --list_models)")
+                        f"the layout is detected from its files (default {DEFAULT_REPO_ID}; see --list_models). --model is the "
+                        "same flag (the kohya_ss GUI passed --model=... from 2023-05 to 2024-03)")
     p.add_argument("--model_dir", type=str, default="wd14_tagger_model",
                    help="where models are kept, as <model_dir>/<org>_<name>/ (default wd14_tagger_model)")
     p.add_argument("--force_download", action="store_true", help="download the model files again")

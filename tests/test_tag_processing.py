@@ -126,6 +126,8 @@ def test_underscore_or_space_spellings_match_with_remove_underscore(spelling):
 def test_rating_tags_first_or_last_and_undesired_rating():
     assert select(TagOptions(use_rating_tags=True))[0] == "general"
     assert select(TagOptions(use_rating_tags_as_last_tag=True))[-1] == "general"
+    both = select(TagOptions(use_rating_tags=True, use_rating_tags_as_last_tag=True))  # the GUI's two checkboxes
+    assert both[0] == "general" and both.count("general") == 1  # first, as sd-scripts
     assert "general" not in select(TagOptions(use_rating_tags=True, undesired_tags="general"))
 
 

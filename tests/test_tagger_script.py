@@ -110,6 +110,19 @@ def test_gui_command_line_from_another_cwd_with_foreign_library(tmp_path, model_
     assert "Character tags" in r.stderr  # --debug logs each image
 
 
+def test_older_gui_model_flag_and_both_rating_checkboxes(tmp_path, model_dir):
+    """GUIs of 2023-05 to 2024-03 pass --model=ORG/NAME; both rating checkboxes put the rating first (sd-scripts)."""
+    d = tmp_path / "data"
+    real_photos(d, n=2)
+    r = run_script(SCRIPT, "--batch_size=1", "--model=org/tiny", "--model_dir", model_dir, "--use_rating_tags",
+                   "--use_rating_tags_as_last_tag", "--max_data_loader_n_workers", "0", d, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for caption in d.glob("*.txt"):
+        tags = caption.read_text(encoding="utf-8").strip().split(", ")
+        assert tags[0] in ("general", "sensitive", "questionable", "explicit")
+        assert sum(t in ("general", "sensitive", "questionable", "explicit") for t in tags) == 1
+
+
 def test_fatal_errors_exit_nonzero_with_a_message(tmp_path, model_dir):
     empty = tmp_path / "empty"
     empty.mkdir()

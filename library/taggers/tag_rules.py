@@ -243,7 +243,7 @@ class TagSelector:
             best = self._pick_one(probs, idx)
             if best is None:
                 continue
-            if last:
+            if last and not first:  # both flags (the GUI's two checkboxes): first, as sd-scripts does
                 back.append(best)
             else:
                 front.insert(0, best)
