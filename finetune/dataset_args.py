@@ -139,8 +139,9 @@ def merge_parser(description: str, default_extension: str, what: str) -> argpars
                    help=f"extension of the {what} files (default {default_extension})")
     p.add_argument("--caption_extention", type=str, default=None, help="old misspelling, still accepted")
     p.add_argument("--full_path", action="store_true",
-                   help="accepted for compatibility: keys are always absolute paths, which every sd-scripts "
-                        "version resolves and which keep a.png and a.jpg apart")
+                   help="key each image by its path as found under train_data_dir (as given, relative stays "
+                        "relative) instead of its file name stem: sd-scripts' rule, which prepare_buckets_latents.py "
+                        "follows too (the kohya_ss GUI's 'use full path', on by default)")
     p.add_argument("--recursive", action="store_true", help="include images in subfolders")
     p.add_argument("--debug", action="store_true", help=f"log every {what} text")
     p.add_argument("--dataset_config", type=str, default=None, metavar="PATH.toml",
@@ -152,7 +153,8 @@ def merge_main(args: argparse.Namespace, field: str) -> int:
     """Run a metadata merge from its parsed arguments and print the summary."""
     cli.resolve_caption_extension(args)
     result = merge_sidecars_to_metadata(args.train_data_dir, args.out_json, field, args.caption_extension,
-                                        in_path=args.in_json, recursive=args.recursive, debug=args.debug)
+                                        in_path=args.in_json, recursive=args.recursive, debug=args.debug,
+                                        full_path=args.full_path)
     for line in result.lines():
         print(line)
     if args.dataset_config:

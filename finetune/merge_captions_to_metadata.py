@@ -1,4 +1,4 @@
-"""Merge caption files into sd-scripts fine-tuning metadata: {absolute image path: {"caption": ...}}.
+"""Merge caption files into sd-scripts fine-tuning metadata: {key: {"caption": ...}}, keyed as sd-scripts does.
 
 A drop-in for sd-scripts' finetune/merge_captions_to_metadata.py: same flags, keys that name real files.
 Example:

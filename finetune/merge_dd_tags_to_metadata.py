@@ -1,4 +1,4 @@
-"""Merge tag files into sd-scripts fine-tuning metadata: {absolute image path: {"tags": ...}}.
+"""Merge tag files into sd-scripts fine-tuning metadata: {key: {"tags": ...}}, keyed as sd-scripts does.
 
 A drop-in for sd-scripts' finetune/merge_dd_tags_to_metadata.py: same flags, keys that name real files.
 Run it after merge_captions_to_metadata.py with the same out_json to get captions and tags in one file.

@@ -190,7 +190,7 @@ def test_merge_scripts_keep_the_name(dataset, tmp_path, script, field, extension
         text = "the odd one" if image.name == NAME else f"text of {image.stem}"
         image.with_suffix(extension).write_text(text + "\n", encoding="utf-8")
     out = tmp_path / f"meta{suffix}"
-    r = run_bytes(script, dataset, out, cwd=tmp_path)
+    r = run_bytes(script, dataset, out, "--full_path", cwd=tmp_path)  # the GUI's default: keys are paths
     assert r.returncode == 0, r.stderr[-3000:]
     assert "merged 3" in r.stdout
     text = out.read_text(encoding="utf-8")
@@ -200,5 +200,5 @@ def test_merge_scripts_keep_the_name(dataset, tmp_path, script, field, extension
     assert rows[key][field] == "the odd one"
     assert os.path.isfile(key)
     # the second merge reads the first one's file back
-    r = run_bytes(script, dataset, out, cwd=tmp_path)
+    r = run_bytes(script, dataset, out, "--full_path", cwd=tmp_path)
     assert r.returncode == 0 and "merged 3" in r.stdout, r.stderr[-3000:]

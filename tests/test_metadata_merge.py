@@ -122,10 +122,10 @@ def test_scripts_with_sd_scripts_flags_and_a_dataset_config(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "merged 4 caption files" in r.stdout and "1 images have no caption file" in r.stdout
     r = run_script(TAGS, d, "meta_cap.json", "--in_json", "meta_cap.json", "--caption_extention", ".txt",
-                   "--dataset_config", "ds.toml", cwd=work)
+                   "--full_path", "--dataset_config", "ds.toml", cwd=work)
     assert r.returncode == 0, r.stderr
     meta = json.loads((work / "meta_cap.json").read_text(encoding="utf-8"))
-    assert meta[str(imgs["a.png"].resolve())] == {"caption": "a shared caption", "tags": "1girl, solo"}
+    assert meta[str(d / "a.png")] == {"caption": "a shared caption", "tags": "1girl, solo"}  # sd-scripts' key
     config = tomllib.loads((work / "ds.toml").read_text(encoding="utf-8"))
     assert len(config["datasets"]) == 1 and len(config["datasets"][0]["subsets"]) == 1  # second run: no duplicate
     sub = config["datasets"][0]["subsets"][0]
@@ -133,3 +133,41 @@ def test_scripts_with_sd_scripts_flags_and_a_dataset_config(data, tmp_path):
     assert config["datasets"][0]["resolution"] == 1024
     empty = run_script(TAGS, tmp_path / "nowhere", "m.json", cwd=work)
     assert empty.returncode == 1 and empty.stderr.startswith("error:")
+
+
+def prepare_buckets_keys(train_data_dir: str, full_path: bool, cwd: Path) -> dict[str, str]:
+    """sd-scripts' prepare_buckets_latents.py keying, written from its rule: glob train_data_dir as given, from its
+    working folder (Path objects, symlinks not resolved), key = str(image_path) with --full_path else the file
+    stem; key -> file."""
+    exts = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+    images = sorted(Path(train_data_dir) / p.name for p in (cwd / train_data_dir).glob("*") if p.suffix.lower() in exts)
+    return {(str(p) if full_path else os.path.splitext(p.name)[0]): str(p) for p in images}
+
+
+@pytest.mark.parametrize("full_path", [True, False])
+def test_merge_then_prepare_buckets_meet_under_one_key(tmp_path, full_path):
+    """The GUI's finetune flow: merge captions, merge tags, then prepare_buckets_latents adds train_resolution to
+    the same entries (never a second entry with an empty caption), from a relative folder reached via a symlink."""
+    real = tmp_path / "real"
+    for i, name in enumerate(["one.png", "two.jpg"]):
+        img = make_image(real / name, 40, 30, seed=i)
+        write_sidecar(img, f"caption {i}", ".caption")
+        write_sidecar(img, f"tag{i}, solo", ".txt")
+    work = tmp_path / "work"
+    (work / "train").mkdir(parents=True)
+    (work / "train" / "img").symlink_to(real, target_is_directory=True)
+    flag = ["--full_path"] if full_path else []
+    for script, ext in ((CAPTIONS, ".caption"), (TAGS, ".txt")):
+        r = run_script(script, "train/img", "train/meta.json", "--caption_extension", ext, *flag, cwd=work)
+        assert r.returncode == 0, r.stderr
+    meta = json.loads((work / "train" / "meta.json").read_text(encoding="utf-8"))
+    buckets = prepare_buckets_keys("train/img", full_path, work)
+    assert set(meta) == set(buckets)  # the next step finds every entry under the key it computes
+    for key, entry in meta.items():
+        i = 0 if "one" in key else 1
+        assert entry == {"caption": f"caption {i}", "tags": f"tag{i}, solo"}
+    assert all(not os.path.isabs(k) and "real" not in k for k in meta)  # as given: relative, not resolved
+    again = run_script(CAPTIONS, "train/img", "train/meta.json", "--caption_extension", ".caption",
+                       *([] if full_path else ["--full_path"]), cwd=work)  # the other key form: re-keyed, no duplicate
+    assert again.returncode == 0 and "re-keyed" in again.stdout
+    assert len(json.loads((work / "train" / "meta.json").read_text(encoding="utf-8"))) == 2

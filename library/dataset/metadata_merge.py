@@ -87,8 +87,23 @@ def resolve_key(key: str, image_dir: str | os.PathLike | None) -> Path | None:
 
 
 def image_key(image: Path) -> str:
-    """The key captionkit writes: the absolute path, which every sd-scripts version uses as is."""
+    """The absolute-path key (the library default; every sd-scripts version uses an absolute key as is)."""
     return str(image.resolve())
+
+
+def sd_scripts_key(image: Path, folder: Path, train_data_dir: str | os.PathLike, full_path: bool) -> str:
+    """sd-scripts' key for an image, as its merge scripts and prepare_buckets_latents.py write it.
+
+    `image_path if full_path else splitext(basename(image_path))[0]`, where image_path is the image as globbed
+    from train_data_dir as the user gave it (a relative folder stays relative, symlinks are not resolved).
+    """
+    if not full_path:
+        return os.path.splitext(image.name)[0]
+    try:
+        rel = image.relative_to(folder)
+    except ValueError:
+        rel = Path(image.name)
+    return str(Path(train_data_dir) / rel)
 
 
 @dataclass
@@ -105,6 +120,7 @@ class MergeResult:
     migrated: list[tuple[str, str]] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     multiline: int = 0
+    key_collisions: dict[str, list[Path]] = field(default_factory=dict)
 
     def warning_lines(self) -> list[str]:
         out = []
@@ -120,6 +136,9 @@ class MergeResult:
         for caption, owners in self.shared.items():
             out.append(f"{caption.name} is the caption of {len(owners)} images "
                        f"({', '.join(p.name for p in owners)}); each keeps its own entry with that text")
+        for key, images in self.key_collisions.items():
+            out.append(f"{', '.join(p.name for p in images)} share the key {key!r}: sd-scripts trains only one of "
+                       "them (use --full_path, or rename)")
         if self.stale:
             named = ", ".join(self.stale[:_MAX_NAMED])
             out.append(f"{len(self.stale)} existing entries name no image file (sd-scripts stops with "
@@ -131,21 +150,23 @@ class MergeResult:
                 f"{len(self.missing)} images without a caption file)")
         out = [head]
         if self.migrated:
-            out.append(f"  {len(self.migrated)} old entries re-keyed to absolute paths "
+            out.append(f"  {len(self.migrated)} old entries re-keyed "
                        f"(e.g. {self.migrated[0][0]!r} -> {self.migrated[0][1]!r})")
         return out + [f"  warning: {w}" for w in self.warning_lines()]
 
 
-def _migrate_legacy_keys(entries: dict[str, dict], image_dir: Path, ours: set[str],
+def _migrate_legacy_keys(entries: dict[str, dict], image_dir: Path, key_of: dict[Path, str],
                          result: MergeResult) -> dict[str, dict]:
-    """Re-key entries whose key is a stem, relative or unnormalised path of one of our images."""
+    """Re-key entries whose key is another form (stem, relative, absolute, unnormalised) of one of our images."""
     out: dict[str, dict] = {}
+    ours = set(key_of.values())
     for key, entry in entries.items():
         if key in ours:
             out.setdefault(key, {}).update(entry)
             continue
-        target = resolve_key(key, image_dir)
-        new_key = str(target) if target is not None else None
+        as_given = Path(key)  # sd-scripts tries a key as a path from the working folder first (os.path.exists)
+        target = as_given.resolve() if as_given.suffix and as_given.is_file() else resolve_key(key, image_dir)
+        new_key = key_of.get(target) if target is not None else None
         if new_key in ours:
             merged = dict(entry)
             merged.update(out.get(new_key, {}))
@@ -161,7 +182,7 @@ def _migrate_legacy_keys(entries: dict[str, dict], image_dir: Path, ours: set[st
 def merge_sidecars_to_metadata(train_data_dir: str | os.PathLike, out_path: str | os.PathLike, field: str,
                                caption_extension: str, in_path: str | os.PathLike | None = None,
                                recursive: bool = False, caption_dir: str | os.PathLike | None = None,
-                               debug: bool = False) -> MergeResult:
+                               debug: bool = False, full_path: bool | None = None) -> MergeResult:
     """Read each image's sidecar into metadata[absolute image path][field] and write the file.
 
     Args:
@@ -174,6 +195,8 @@ def merge_sidecars_to_metadata(train_data_dir: str | os.PathLike, out_path: str 
         recursive: include subfolders.
         caption_dir: sidecars mirrored under this folder instead of next to the images.
         debug: log every key and text.
+        full_path: sd-scripts' key rule (the merge scripts): True = the image path as globbed from train_data_dir,
+            False = the file stem; None = absolute paths. Entries under another key of the same image are re-keyed.
     Raises:
         FatalError: no images, no sidecar at all, or an unreadable in_path.
     """
@@ -195,10 +218,16 @@ def merge_sidecars_to_metadata(train_data_dir: str | os.PathLike, out_path: str 
     if in_path and not source.is_file():
         raise FatalError(f"{source}: no such metadata file (--in_json)")
     entries = load_metadata(source) if source else {}
-    ours = {image_key(p) for p in scan.captions}
+    folder = scan.root.parent if scan.root.is_file() else scan.root
+    key_of = {p.resolve(): (image_key(p) if full_path is None else sd_scripts_key(p, folder, train_data_dir, full_path))
+              for p in scan.captions}
+    owners: dict[str, list[Path]] = {}
+    for p in scan.captions:
+        owners.setdefault(key_of[p.resolve()], []).append(p)
+    result.key_collisions = {k: v for k, v in owners.items() if len(v) > 1}
     unreadable = set(scan.unreadable)
     layout = SidecarLayout(extension, scan.root, Path(caption_dir).resolve() if caption_dir else None)
-    entries = _migrate_legacy_keys(entries, scan.root, ours, result)
+    entries = _migrate_legacy_keys(entries, folder, key_of, result)
     for image, text in scan.captions.items():
         if text is None and layout.path_for(image) in unreadable:
             result.unreadable.append(layout.path_for(image))
@@ -208,7 +237,7 @@ def merge_sidecars_to_metadata(train_data_dir: str | os.PathLike, out_path: str 
             result.missing.append(image)
             logger.warning("%s: no caption file %s", image, image.stem + extension)
             continue
-        key = image_key(image)
+        key = key_of[image.resolve()]
         entries.setdefault(key, {})[field] = text.strip()
         result.merged += 1
         if debug:
