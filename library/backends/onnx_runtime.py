@@ -150,11 +150,8 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto", f
         logger.info("TensorRT: the first run builds an engine for each batch shape (minutes); later runs load it "
                     "from %s", engine_cache)
     wanted_gpu = [_name(p) for p in providers if _name(p) != "CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in wanted_gpu and hasattr(ort, "preload_dlls"):
-        try:  # load CUDA/cuDNN from the nvidia-* pip packages (those torch installs) when they match
-            ort.preload_dlls()
-        except Exception:  # noqa: BLE001 - best effort; the fallback check below reports the outcome
-            pass
+    if "CUDAExecutionProvider" in wanted_gpu:
+        preload_cuda_libraries(ort)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -172,6 +169,57 @@ def create_session(model_path: str | os.PathLike, device: str | None = "auto", f
     else:
         logger.info("ONNX Runtime providers: %s", ", ".join(active))
     return session
+
+
+NVIDIA_LIBRARIES = ("cuda_runtime", "cublas", "cufft", "curand", "cudnn", "nvjitlink")  # load order matters
+
+
+def nvidia_wheel_libraries(site_dirs: list[str] | None = None) -> list[Path]:
+    """The shared libraries of the nvidia-* pip wheels (site-packages/nvidia/<name>/lib), in dependency order."""
+    import site
+    import sysconfig
+
+    dirs = site_dirs if site_dirs is not None else [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    found: list[Path] = []
+    for name in NVIDIA_LIBRARIES:
+        for base in dict.fromkeys(dirs):
+            lib = Path(base) / "nvidia" / name / "lib"
+            found += sorted(p for p in lib.glob("*.so*") if p.is_file()) if lib.is_dir() else []
+    return found
+
+
+def preload_cuda_libraries(ort, site_dirs: list[str] | None = None, use_torch: bool = True) -> str:
+    """Make CUDA/cuDNN loadable for the CUDA provider before the session is created; returns how.
+
+    onnxruntime-gpu >= 1.21 has preload_dlls() (the nvidia-* wheels torch installs). Older builds, such as the
+    kohya_ss GUI's 1.19, do not: then torch is imported when it is installed (it loads those libraries, as
+    sd-scripts' tagger does by importing torch first), else the wheels' libraries are loaded by path.
+    """
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+            return "onnxruntime.preload_dlls()"
+        except Exception:  # noqa: BLE001 - best effort; the fallback check reports the outcome
+            return "preload_dlls() failed"
+    import importlib.util
+
+    if use_torch and importlib.util.find_spec("torch") is not None:
+        try:
+            import torch  # noqa: F401 - loads the CUDA libraries of its nvidia-* wheels into the process
+            logger.info("onnxruntime %s has no preload_dlls(): CUDA libraries loaded through torch", ort.__version__)
+            return "torch"
+        except Exception as exc:  # noqa: BLE001
+            logger.info("importing torch to load the CUDA libraries failed: %s", exc)
+    loaded = 0
+    for lib in nvidia_wheel_libraries(site_dirs):
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            loaded += 1
+        except OSError as exc:
+            logger.debug("could not load %s: %s", lib, exc)
+    logger.info("onnxruntime %s has no preload_dlls(): loaded %d CUDA libraries of the nvidia-* wheels by path",
+                ort.__version__, loaded)
+    return f"nvidia wheels ({loaded} loaded)"
 
 
 class OnnxRunner:
