@@ -109,7 +109,11 @@ def test_loops_are_retried_then_reported(photos, tmp_path, capsys):
         assert len(server.requests) == 5
         assert images[0].with_suffix(".txt").read_text(encoding="utf-8") == expected_file(images[0])
         seeds = [r.get("seed") for r in server.requests]
-        assert seeds[0] == 42 and seeds[2] != seeds[0] and seeds[4] not in (seeds[0], seeds[2])
+        from library.jobs import image_seed
+
+        # each image's own seed from --seed 42 and its path (batch-invariant), another one for each retry
+        assert seeds[0] == image_seed(42, f"{images[0].name}#tags") % 2**31
+        assert seeds[2] != seeds[0] and seeds[4] not in (seeds[0], seeds[2])
         temps = [r["temperature"] for r in server.requests]
         assert temps[0] == 0.6 < temps[2] < temps[4]  # each retry samples a little hotter
 
