@@ -24,6 +24,7 @@ from library.joycaption import prompts as jp
 from library.joycaption.generation import Sampling
 from library.joycaption.job import MODES, CaptionTask, DualCaptionConfig, run_dual_caption
 from library.errors import FatalError
+from library.prompt_tags import NO_TAGS_NOTE, TAGS_FIELD, TAGS_SENTENCE, check_tags_from
 
 logger = logging.getLogger("captionkit")
 DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption.local.DEFAULT_MODEL
@@ -69,6 +70,10 @@ def setup_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default=None, help="name for the person/character extra option (number 1)")
     g.add_argument("--system_prompt", default=jp.SYSTEM_PROMPT,
                    help="system message (default: JoyCaption's batch one)")
+    g.add_argument("--tags_from", default=None, metavar="EXT",
+                   help="ground the description in each image's existing tag file with this extension (e.g. .txt "
+                        "from a tagger run, with --caption_extension .caption): its prompt gets "
+                        f"'{TAGS_SENTENCE}'; {TAGS_FIELD} in --extra_option text works too")
     g.add_argument("--tags_max_new_tokens", type=cli.positive_int, default=300, help="token limit of the tags (300)")
     g.add_argument("--desc_max_new_tokens", type=cli.positive_int, default=512,
                    help="token limit of the description (512)")
@@ -109,8 +114,10 @@ def setup_parser() -> argparse.ArgumentParser:
 def build_tasks(args: argparse.Namespace) -> list[CaptionTask]:
     tags = CaptionTask("tags", jp.build_prompt(args.tags_type, args.tags_length, args.tags_extra_option, args.name),
                        args.tags_max_new_tokens)
-    desc = CaptionTask("description", jp.build_prompt(args.desc_type, args.desc_length, args.extra_option,
-                                                      args.name), args.desc_max_new_tokens)
+    desc_prompt = jp.build_prompt(args.desc_type, args.desc_length, args.extra_option, args.name)
+    if args.tags_from and TAGS_FIELD not in desc_prompt:
+        desc_prompt = f"{desc_prompt} {TAGS_SENTENCE}"
+    desc = CaptionTask("description", desc_prompt, args.desc_max_new_tokens)
     return {"dual": [tags, desc], "tags": [tags], "description": [desc]}[args.mode]
 
 
@@ -139,6 +146,9 @@ def main(args: argparse.Namespace) -> int:
         raise FatalError("give a folder of images or an image file (IMAGE_PATH)")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise FatalError("--temperature must be >= 0 and --top-p in (0, 1]")
+    problem = check_tags_from(args.tags_from, args.caption_extension, args.output_dir)
+    if problem:
+        raise FatalError(problem)
     tasks = build_tasks(args)
     for task in tasks:
         logger.debug("%s prompt: %s", task.name, task.prompt)
@@ -148,13 +158,15 @@ def main(args: argparse.Namespace) -> int:
         overwrite=not cli.resume_flag(args, True), batch_size=args.batch_size, workers=args.num_workers,
         sampling=Sampling(do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, seed=args.seed),
-        max_retries=args.max_retries, debug=args.debug, progress=not args.no_progress)
+        max_retries=args.max_retries, debug=args.debug, progress=not args.no_progress, tags_from=args.tags_from)
     ray = cli.ray_options(args)
     outcome = run_dual_caption(cfg, backend_factory(args), ray, cli.failures_file(args),
                                uses_gpu=not args.api_base and args.device != "cpu",
                                writer=cli.result_writer(ray, lambda: None, not cfg.overwrite))
     if outcome.warnings:
         print(f"{len(outcome.warnings)} captions hit the token limit and were written anyway")
+    if args.tags_from and outcome.notes[NO_TAGS_NOTE]:
+        print(f"{outcome.notes[NO_TAGS_NOTE]} images had no {args.tags_from} tag file: described without tags")
     return dataset_args.finish_run(outcome.summary, args, args.image_path, args.caption_extension,
                                    multiline=args.mode == "dual")
 

@@ -24,6 +24,7 @@ class ItemResult:
         tags: the tags of the caption (taggers), counted by --frequency_tags.
         warnings: written anyway, but the user should know (e.g. a caption cut at the token limit).
         details: JSON-able extras for --debug lines (e.g. tags by category).
+        notes: facts counted in the run's summary but not logged per image (e.g. 'no tag file').
     """
 
     caption: str | None
@@ -32,6 +33,7 @@ class ItemResult:
     tags: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def failed(cls, reason: str) -> ItemResult:

@@ -45,11 +45,13 @@ class RunOptions:
 
 @dataclass
 class RunOutcome:
-    """A finished run: the summary, tag frequencies (taggers) and the warnings of images written anyway."""
+    """A finished run: the summary, tag frequencies (taggers), the warnings of images written anyway, and how many
+    images each note applies to (ItemResult.notes)."""
 
     summary: RunSummary
     tag_frequency: Counter = field(default_factory=Counter)
     warnings: list[tuple[Path, str]] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)
 
     def account(self, job: Job, path: Path, result: ItemResult, debug: bool = False, count: bool = True) -> None:
         """Note one image's final result (after writing): counts (unless the pipeline counts), tags, warnings, logs."""
@@ -61,6 +63,7 @@ class RunOutcome:
         if count:
             self.summary.done += 1
         self.tag_frequency.update(result.tags or [])
+        self.notes.update(result.notes)
         for warning in result.warnings:
             self.warnings.append((path, warning))
             logger.warning("%s: %s", path, warning)

@@ -72,6 +72,15 @@ def dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
+def device_map_supported() -> bool:
+    """device_map loading works without accelerate on transformers 5; 4.x needs accelerate for it."""
+    import importlib.util
+
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5 or importlib.util.find_spec("accelerate") is not None
+
+
 def load_weights(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     """`load_pretrained` for model weights: .safetensors when present, else .bin read with torch.load(weights_only=True)
     (passed explicitly), so pickled code never runs; any failure is one line.

@@ -1,15 +1,17 @@
-"""Torch device and dtype choice for the transformers captioners (--device, --dtype), plus seeding."""
+"""Torch device and dtype choice for the transformers captioners (--device, --dtype), seeding, out-of-memory handling."""
 
 from __future__ import annotations
 
 import logging
 import random
+from typing import Callable, TypeVar
 
 from library.errors import FatalError
 
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+T = TypeVar("T")
 
 
 def resolve_device(device: str | None = "auto"):
@@ -78,3 +80,28 @@ def free_accelerator_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort only
         pass
+
+
+def run_in_chunks(n: int, size: int, run: Callable[[slice], T], on_resize: Callable[[int], None] | None = None) -> list[T]:
+    """[run(slice) for consecutive slices of `size` rows over n rows], halving `size` on out-of-memory.
+
+    on_resize(new_size) is told each halving (so later batches start smaller); a row that runs out of memory alone
+    raises.
+    """
+    size = max(1, size)
+    parts: list[T] = []
+    start = 0
+    while start < n:
+        stop = min(n, start + size)
+        try:
+            parts.append(run(slice(start, stop)))
+            start = stop
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+            if not is_out_of_memory(exc) or size == 1:
+                raise
+            free_accelerator_memory()
+            size = max(1, size // 2)
+            logger.warning("out of GPU memory: batch size halved to %d", size)
+            if on_resize is not None:
+                on_resize(size)
+    return parts

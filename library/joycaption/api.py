@@ -39,15 +39,20 @@ REDACTED = "[API key]"
 
 @dataclass(frozen=True)
 class JpegDataUrlLoader:
-    """Picklable worker job: path -> (base64 JPEG data URL of the image squashed to size x size, original size)."""
+    """Picklable worker job: path -> (base64 JPEG data URL of the image, original size); the image is squashed to
+    size x size, or with size 0 kept in its aspect and shrunk only above max_pixels."""
 
     size: int = 384
     quality: int = 95
+    max_pixels: int | None = None
 
     def __call__(self, path: Path) -> tuple[str, tuple[int, int]]:
         img, original = open_image(path)
         if self.size and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.LANCZOS)
+        elif not self.size and self.max_pixels and img.width * img.height > self.max_pixels:
+            scale = (self.max_pixels / (img.width * img.height)) ** 0.5
+            img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.LANCZOS)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=self.quality)
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), original
@@ -122,6 +127,8 @@ class ApiJoyCaption:
         retries: retries per request on 429, 5xx, timeouts and dropped connections.
         backoff: first retry delay in seconds, doubled each time (Retry-After wins when the server sends it).
         image_size: images are squashed to this square before upload (JoyCaption's input is 384; 0 = as they are).
+        system_prompt: the system turn of every request (None or empty: no system turn).
+        max_pixels: with image_size 0, larger images are shrunk (aspect kept) to this many pixels before upload.
         max_response_bytes: a longer answer is that image's error (never written).
 
     The API key goes only to the origin of api_base (a redirect elsewhere is not followed) and is replaced by
@@ -130,8 +137,8 @@ class ApiJoyCaption:
 
     def __init__(self, api_base: str, model: str | None = None, key_env: str = DEFAULT_KEY_ENV,
                  concurrency: int = 4, timeout: float = 120.0, retries: int = 5, backoff: float = 1.0,
-                 image_size: int = 384, system_prompt: str = SYSTEM_PROMPT, key_required: bool = False,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES):
+                 image_size: int = 384, system_prompt: str | None = SYSTEM_PROMPT, key_required: bool = False,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, max_pixels: int | None = None):
         self.base = normalize_base(api_base)
         self.key = os.environ.get(key_env, "").strip() or None
         if key_required and not self.key:
@@ -141,7 +148,7 @@ class ApiJoyCaption:
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
-        self.image_size = image_size
+        self.image_size, self.max_pixels = image_size, max_pixels
         self.system_prompt = system_prompt
         self.max_response_bytes = max(1, int(max_response_bytes))
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="joycaption-api")
@@ -247,8 +254,7 @@ class ApiJoyCaption:
         """The chat-completions request body for one image and one prompt."""
         body = {
             "model": self.model,
-            "messages": [
-                {"role": "system", "content": self.system_prompt},
+            "messages": ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
                 {"role": "user", "content": [
                     {"type": "image_url", "image_url": {"url": data_url}},
                     {"type": "text", "text": job.prompt},
@@ -282,7 +288,7 @@ class ApiJoyCaption:
 
     # ----- the backend protocol of library.joycaption.job -----
     def loader(self) -> JpegDataUrlLoader:
-        return JpegDataUrlLoader(self.image_size)
+        return JpegDataUrlLoader(self.image_size, max_pixels=self.max_pixels)
 
     def images_per_batch(self, prompts: Sequence[str], max_new_tokens: int) -> int:
         return self.concurrency * 4

@@ -1,4 +1,5 @@
-"""The dual-caption job: per image a tag line and a description from one JoyCaption backend, with retries."""
+"""The prompted caption job: per image one caption per task (JoyCaption's tags + description, a VLM's prompt),
+from one backend, with retries and optional {tags} from existing tag files."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from library.jobs import ItemResult, Job, Model, image_seed
 from library.outputs.sidecar import sidecar_writer
 from library.outputs.writer import ResultWriter
 from library.pipeline import LoadedItem
+from library.prompt_tags import NO_TAGS_NOTE, TagSource, fill_tags
 from library.runner import RunOptions, RunOutcome, run
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class DualCaptionConfig:
         batch_size: images per batch; None = the backend decides (free GPU memory, API concurrency).
         workers: image-decoding processes (0 = decode in this process).
         max_retries: extra attempts for a caption that loops, comes back empty or hits the token limit.
+        tags_from: extension of existing tag files whose text fills `{tags}` in the prompts (None: not read).
     """
 
     image_path: Path
@@ -66,6 +69,7 @@ class DualCaptionConfig:
     max_retries: int = 2
     debug: bool = False
     progress: bool = True
+    tags_from: str | None = None
 
 
 def pick_attempt(attempts: list[Generation | str]) -> tuple[Generation | None, str | None, str | None]:
@@ -96,17 +100,20 @@ def _seed_key(path: Path, root: Path | None) -> str:
 
 
 def caption_batch(backend: Backend, items: list[LoadedItem], tasks: Sequence[CaptionTask], sampling: Sampling,
-                  max_retries: int, root: Path | None = None) -> list[tuple[list[str] | None, str | None, list[str]]]:
+                  max_retries: int, root: Path | None = None, tags: Sequence[str] | None = None,
+                  ) -> list[tuple[list[str] | None, str | None, list[str]]]:
     """Caption a batch: per item (captions in task order or None, error or None, warnings).
 
     The backend prepares each image once (one vision pass / one upload encoding) for all captions and retries.
     With sampling and a seed, each image's captions use their own seed from the seed and the image's path relative
-    to `root`, so they do not depend on the batch the image lands in.
+    to `root`, so they do not depend on the batch the image lands in. `tags` (one string per item) fill `{tags}`
+    in the prompts.
     """
     state = backend.prepare(items)
     seeded = sampling.seed is not None and not sampling.greedy
     keys = [f"{_seed_key(item.path, root)}#{t.name}" for item in items for t in tasks]
-    jobs = [CaptionJob(i // len(tasks), t.prompt, t.max_new_tokens, sampling,
+    jobs = [CaptionJob(i // len(tasks), fill_tags(t.prompt, tags[i // len(tasks)]) if tags is not None else t.prompt,
+                       t.max_new_tokens, sampling,
                        image_seed(sampling.seed, keys[i]) if seeded else None)
             for i, t in enumerate(t for _ in items for t in tasks)]
     history: list[list[Generation | str]] = [[g] for g in backend.run(state, jobs)]
@@ -134,7 +141,7 @@ def caption_batch(backend: Backend, items: list[LoadedItem], tasks: Sequence[Cap
             if error:
                 errors.append(f"{task.name}: {error}")
             if warning:
-                warnings.append(f"{task.name} caption {warning}")
+                warnings.append(f"{task.name} caption {warning}" if len(tasks) > 1 else f"caption {warning}")
             captions.append(one_line(chosen.text) if chosen is not None else "")
         results.append((None if errors else captions, "; ".join(errors) or None, warnings))
     return results
@@ -150,7 +157,33 @@ class DualCaptionModel(Model):
 
     def process(self, items: list[LoadedItem]) -> list[ItemResult]:
         root = self.cfg.image_path if self.cfg.image_path.is_dir() else self.cfg.image_path.parent
-        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries, root)
+        if self.cfg.tags_from is None:
+            return self._caption(items, root, None)
+        source = TagSource(self.cfg.tags_from, root, self.cfg.output_dir)
+        tags: list[str | None] = []
+        unreadable: dict[int, str] = {}
+        for i, item in enumerate(items):
+            try:
+                tags.append(source.read(item.path))
+            except OSError as exc:  # that image fails (its tag file is named), the others go on
+                unreadable[i] = f"tag file: {exc}"
+                tags.append(None)
+        keep = [i for i in range(len(items)) if i not in unreadable]
+        done = iter(self._caption([items[i] for i in keep], root, [tags[i] or "" for i in keep]) if keep else [])
+        out = []
+        for i in range(len(items)):
+            if i in unreadable:
+                out.append(ItemResult.failed(unreadable[i]))
+                continue
+            result = next(done)
+            if tags[i] is None:
+                result.notes.append(NO_TAGS_NOTE)
+            out.append(result)
+        return out
+
+    def _caption(self, items: list[LoadedItem], root: Path, tags: list[str] | None) -> list[ItemResult]:
+        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries, root,
+                                tags)
         return [ItemResult("\n".join(captions) if captions is not None else None, error, warnings=warnings,
                            details={"captions": captions} if captions is not None else None)
                 for captions, error, warnings in results]
@@ -194,6 +227,6 @@ def run_dual_caption(cfg: DualCaptionConfig, make_backend: Callable[[], Backend]
     writer = writer or sidecar_writer(cfg.caption_extension, cfg.image_path, cfg.output_dir)
     outcome = run(DualCaptionJob(cfg, make_backend, uses_gpu), writer, opts)
     if outcome.warnings:
-        logger.warning("%d captions were written although they hit the token limit (raise --*-max-new-tokens "
+        logger.warning("%d captions were written although they hit the token limit (raise the token limit "
                        "or check them)", len(outcome.warnings))
     return outcome

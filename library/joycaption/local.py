@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +12,15 @@ from PIL import Image
 
 from library.joycaption.generation import CaptionJob, Generation, Sampling
 from library.errors import FatalError
-from library.backends.hf_loading import dtype_kwarg, load_pretrained, load_weights
-from library.backends.torch_device import free_accelerator_memory, is_out_of_memory
+from library.backends.hf_loading import device_map_supported, dtype_kwarg, load_pretrained, load_weights
+from library.backends.quantization import QUANTIZATIONS, quantization_kwargs  # noqa: F401 (QUANTIZATIONS: re-export)
+from library.backends.torch_device import run_in_chunks
 from library.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"
-QUANTIZATIONS = ("none", "8bit", "4bit")
 NEVER_QUANTIZE = ["vision_tower", "multi_modal_projector"]  # quantising SigLIP or the projector breaks JoyCaption
 CPU_BATCH_SIZE = 4
 MAX_AUTO_BATCH = 64
@@ -127,11 +126,8 @@ class LocalJoyCaption:
         self.system_prompt = system_prompt
         self.quantization = quantization
         kwargs = {dtype_kwarg(): self.dtype}
-        if quantization not in QUANTIZATIONS:
-            raise FatalError(f"--quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
-        if quantization != "none":
-            kwargs.update(self._quantization_kwargs())
-        elif self.device.type == "cuda" and _accelerate_or_v5():
+        kwargs.update(quantization_kwargs(quantization, self.device, self.dtype, NEVER_QUANTIZE))
+        if "device_map" not in kwargs and self.device.type == "cuda" and device_map_supported():
             kwargs["device_map"] = {"": self.device.index or 0}
         logger.info("loading %s (%s, %s%s)", model_id, self.device, str(self.dtype).replace("torch.", ""),
                     "" if quantization == "none" else f", {quantization}")
@@ -155,23 +151,6 @@ class LocalJoyCaption:
         self.torch = torch
 
     # ----- loading helpers -----
-    def _quantization_kwargs(self) -> dict:
-        import torch
-        from transformers import BitsAndBytesConfig
-
-        if self.device.type != "cuda":
-            raise FatalError(f"--quantization {self.quantization} needs a CUDA GPU (bitsandbytes); "
-                             f"this run uses {self.device}")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise FatalError(f"--quantization {self.quantization} needs bitsandbytes: pip install bitsandbytes")
-        if self.quantization == "8bit":
-            q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(NEVER_QUANTIZE))
-        else:
-            compute = self.dtype if self.dtype != torch.float32 else torch.bfloat16
-            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-                                   bnb_4bit_use_double_quant=True, llm_int8_skip_modules=list(NEVER_QUANTIZE))
-        return {"quantization_config": q, "device_map": {"": self.device.index or 0}}
-
     def _pad_id(self) -> int:
         if self.tokenizer.pad_token_id is not None:
             return int(self.tokenizer.pad_token_id)
@@ -216,7 +195,8 @@ class LocalJoyCaption:
                              f"(expected 1 or {self.image_tokens}); is it a JoyCaption/LLaVA checkpoint?")
         if self.bos_id is not None and self.bos_id not in ids:
             ids = [self.bos_id] + ids
-        self._prompt_cache[prompt] = ids
+        if len(self._prompt_cache) < 64:  # per-image prompts ({tags}) are not worth keeping
+            self._prompt_cache[prompt] = ids
         return ids
 
     def pack(self, prompts: Sequence[str]):
@@ -356,22 +336,8 @@ class LocalJoyCaption:
 
     def _chunked(self, n: int, run: Callable[[slice], object], cat: bool = False):
         """Call run(slice) over rows in chunks of self.batch_size, halving it on out-of-memory."""
-        torch = self.torch
-        size = max(1, self.batch_size or CPU_BATCH_SIZE)
-        parts, start = [], 0
-        while start < n:
-            stop = min(n, start + size)
-            try:
-                parts.append(run(slice(start, stop)))
-                start = stop
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
-                if not is_out_of_memory(exc) or size == 1:
-                    raise
-                free_accelerator_memory()
-                size = max(1, size // 2)
-                self.batch_size = size
-                logger.warning("out of GPU memory: batch size halved to %d", size)
-        return torch.cat(parts, dim=0) if cat else parts
+        parts = run_in_chunks(n, self.batch_size or CPU_BATCH_SIZE, run, lambda size: setattr(self, "batch_size", size))
+        return self.torch.cat(parts, dim=0) if cat else parts
 
 
 def _load_processor(model_id: str):
@@ -391,10 +357,3 @@ def _load_processor(model_id: str):
     except Exception as exc:  # noqa: BLE001 - fall back to the tokenizer alone
         logger.warning("the processor of %s did not load (%s); using its tokenizer", model_id, exc)
         return load_pretrained(AutoTokenizer.from_pretrained, model_id)
-
-
-def _accelerate_or_v5() -> bool:
-    """device_map loading works without accelerate on transformers 5; 4.x needs accelerate for it."""
-    import transformers
-
-    return int(transformers.__version__.split(".")[0]) >= 5 or importlib.util.find_spec("accelerate") is not None
