@@ -285,3 +285,17 @@ def test_a_script_process_joins_the_cluster_by_address(cluster, model_dir, photo
     assert "tagged 2, skipped 0, failed 0" in proc.stdout
     for p in photos[:2]:
         assert (data / (p.stem + ".txt")).read_text(encoding="utf-8") == tagger_reference[p.stem]
+
+
+def test_vlm_sampled_captions_on_ray_match_single_machine(cluster, tmp_path, capsys):
+    from tests.fixtures.vlm_qwen25vl import make_qwen25vl
+
+    model = make_qwen25vl(tmp_path / "qwen")
+    data = tmp_path / "data"
+    real_photos(data, n=3)
+    common = [data, "--model", model, "--seed", 11, "--temperature", 1.0, "--max-new-tokens", 8, "--device", "cpu",
+              "--num-workers", 0, "--no-progress", "--prompt", "Describe this image."]
+    assert run("make_captions_by_vlm", common + ["--output-dir", tmp_path / "single", "--batch-size", 3]) == 0
+    assert run("make_captions_by_vlm", common + ["--output-dir", tmp_path / "ray", "--ray", "--batch-size", 1]) == 0
+    single = captions(tmp_path / "single", ".txt")
+    assert len(single) == 3 and captions(tmp_path / "ray", ".txt") == single  # per-image seeds: batch/worker free
