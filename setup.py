@@ -1,4 +1,4 @@
-"""Install captionkit's shared library (the scripts under finetune/ run by path and need no install)."""
+"""Install captionkit under the single import name `captionkit` (never a top-level `library` or `finetune`)."""
 
 from pathlib import Path
 
@@ -19,6 +19,17 @@ def read_requirements(name: str) -> list[str]:
     return lines
 
 
+def code_packages() -> list[str]:
+    """captionkit, plus library/ and finetune/ as its subpackages captionkit.library and captionkit.finetune.
+
+    sd-scripts installs its own top-level `library` (editable) into the same venvs, so captionkit's must not be one.
+    The scripts import `library` absolutely: the `captionkit` command runs them by path with their folder's parent
+    first on sys.path, as in a checkout (captionkit/launcher.py).
+    """
+    library = find_packages(where=str(here), include=["library", "library.*"])
+    return ["captionkit", "captionkit.finetune"] + [f"captionkit.{name}" for name in library]
+
+
 tagger = read_requirements("requirements-tagger.txt")  # the light install: the tagger needs no torch
 captioners = [r for r in read_requirements("requirements.txt") if r not in tagger]
 
@@ -28,8 +39,10 @@ setup(
     description="Fast, robust, sd-scripts compatible captioning for diffusion-model training datasets",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["library", "library.*", "finetune"]),
-    package_data={"library": ["data/*.json", "data/*.html", "data/*.js"]},
+    packages=code_packages(),
+    package_dir={"captionkit.library": "library", "captionkit.finetune": "finetune"},
+    package_data={"captionkit.library": ["data/*.json", "data/*.html", "data/*.js"]},
+    entry_points={"console_scripts": ["captionkit = captionkit.launcher:main"]},
     python_requires=">=3.10",
     install_requires=tagger,
     extras_require={

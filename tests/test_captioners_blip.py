@@ -121,7 +121,10 @@ def test_folder_saved_by_transformers_itself_loads_the_same(models, photo_paths,
     BlipForConditionalGeneration.from_pretrained(models["blip"]).save_pretrained(saved)
     BlipProcessor(image_processor=AutoImageProcessor.from_pretrained(models["blip"]),
                   tokenizer=AutoTokenizer.from_pretrained(models["blip"])).save_pretrained(saved)
-    assert not (saved / "preprocessor_config.json").exists()
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:  # 4.x still writes preprocessor_config.json as well
+        assert not (saved / "preprocessor_config.json").exists()
     settings = GenerationSettings(sample=False, num_beams=2, max_length=12)
     original = BlipCaptioner(str(models["blip"]), settings, device="cpu")
     resaved = BlipCaptioner(str(saved), settings, device="cpu")

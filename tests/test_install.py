@@ -71,7 +71,8 @@ def test_sdist_holds_what_setup_py_reads(tmp_path):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
         tar.extractall(tmp_path / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     for name in ("README.md", "requirements.txt", "requirements-tagger.txt", "library/data/joycaption_prompts.json",
-                 "library/data/caption_report.html", "library/data/caption_report.js", "finetune/cli.py"):
+                 "library/data/caption_report.html", "library/data/caption_report.js", "finetune/cli.py",
+                 "captionkit/launcher.py"):
         assert name in names, name
     (unpacked,) = (tmp_path / "unpacked").iterdir()  # setup.py runs from the sdist alone (pip does this)
     r = subprocess.run([sys.executable, "setup.py", "-q", "egg_info"], cwd=unpacked, capture_output=True, text=True,

@@ -27,6 +27,29 @@ def _validation_error() -> type[Exception]:
     return HFValidationError
 
 
+def refused_pickle(exc: BaseException) -> bool:
+    """True when torch.load(weights_only=True) refused pickled objects somewhere in the exception's chain.
+
+    transformers 5 lets the UnpicklingError through; 4.x (the kohya_ss GUI's 4.54) wraps it in an OSError
+    "Unable to load weights from pytorch checkpoint file".
+    """
+    import pickle
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def refused_pickle_error(model_id: str) -> ModelNotAvailable:
+    return ModelNotAvailable(f"{model_id}: cannot load the model weights: its .bin file holds pickled objects other "
+                             "than tensors, which are refused (torch.load weights_only=True). Use a copy of the "
+                             "model with model.safetensors")
+
+
 def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     """Call `loader(model_id, **kwargs)` (a from_pretrained) and explain failures in one line.
 
@@ -46,6 +69,8 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
         try:
             return loader(str(local), **kwargs)
         except (OSError, _validation_error()) as exc:
+            if refused_pickle(exc):
+                raise refused_pickle_error(model_id) from None
             raise ModelNotAvailable(f"{local}: not a complete model folder ({first_line(exc)})") from None
     why = "HF_HUB_OFFLINE is set" if is_offline() else hub_unreachable()
     if why:
@@ -56,6 +81,8 @@ def load_pretrained(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     try:
         return loader(model_id, **kwargs)
     except (OSError, _validation_error()) as exc:
+        if refused_pickle(exc):
+            raise refused_pickle_error(model_id) from None
         reason = (f"offline or hub unreachable ({why}) and it is not in the Hugging Face cache" if why
                   else f"it could not be downloaded ({first_line(exc)})")
         raise ModelNotAvailable(f"model {model_id!r} is not available: {reason}. It needs the whole repository "
@@ -88,19 +115,14 @@ def load_weights(loader: Callable[..., Any], model_id: str, **kwargs) -> Any:
     Raises:
         ModelNotAvailable: missing model, weights holding pickled objects other than tensors, or unloadable weights.
     """
-    import pickle
-
     kwargs["weights_only"] = True
     try:
         return load_pretrained(loader, model_id, **kwargs)
     except ModelNotAvailable:
         raise
     except Exception as exc:  # noqa: BLE001 - unsafe pickles, shape mismatches: one clear line, exit 1
-        if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in str(exc).lower():
-            raise ModelNotAvailable(
-                f"{model_id}: cannot load the model weights: its .bin file holds pickled objects other than "
-                "tensors, which are refused (torch.load weights_only=True). Use a copy of the model with "
-                "model.safetensors") from None
+        if refused_pickle(exc):
+            raise refused_pickle_error(model_id) from None
         raise ModelNotAvailable(f"{model_id}: cannot load the model weights ({exc.__class__.__name__}: "
                                 f"{first_line(exc)})") from None
 

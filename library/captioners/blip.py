@@ -123,7 +123,10 @@ class BlipCaptioner:
         image_token = getattr(config, "image_token_id", None)
         if image_token is None:
             image_token = getattr(config, "image_token_index", None)
-        if image_token is None or image_token >= len(self.tokenizer):
+        # len(tokenizer) leaves out tokens added past a Unigram vocabulary on transformers 4.x (flan-t5's <image>)
+        known = image_token is not None and (image_token < len(self.tokenizer)
+                                             or self.tokenizer.convert_ids_to_tokens(image_token) is not None)
+        if not known:
             raise FatalError("this BLIP-2 checkpoint predates the image-token format of current transformers "
                              "(no image_token_index in config.json): download the current revision of the model")
         self.encoder_decoder = bool(getattr(config.text_config, "is_encoder_decoder", False))
