@@ -30,7 +30,7 @@ def test_ci_runs_the_readme_commands():
     assert commands[0] == "pip install torch==2.13.0"  # the CPU build on CI's package source (see .ci/run)
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in README
     assert commands[1:] == ["pip install -r requirements.txt", "pip install -r requirements-test.txt", "ruff check .",
-                            "HF_HUB_OFFLINE=1 python -m pytest -q tests"]
+                            "HF_HUB_OFFLINE=1 python -m pytest -q tests", "bash tools/kohya_venv.sh .kohya_venv"]
     for command in commands[1:]:
         assert command in README, command
     assert "pip install torch\n" in README and "pip install -r requirements-tagger.txt" in README
