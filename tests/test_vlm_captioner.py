@@ -264,3 +264,31 @@ def test_rgb_loader_shrinks_only_above_max_pixels(tmp_path):
     assert abs(array.shape[1] / array.shape[0] - 4.0) < 0.1  # aspect kept
     array, _ = RgbLoader(None)(big)
     assert array.shape == (100, 400, 3)
+
+
+def _skipped_by_bnb(full_name: str, patterns: list[str]) -> bool:
+    """Whether bitsandbytes loading leaves this module unquantised: transformers' own matcher (5.x), else 4.x's rule."""
+    try:
+        from transformers.quantizers.quantizers_utils import should_convert_module
+    except ImportError:
+        return any(p in full_name for p in patterns)
+    return not should_convert_module(full_name, patterns)
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_quantization_leaves_every_vision_module_unquantised(family, built):
+    from transformers import AutoModelForImageTextToText
+
+    from library.backends.quantization import bnb_config, skip_patterns
+
+    folder = built(family)
+    model = AutoModelForImageTextToText.from_pretrained(str(folder))
+    fam = family_for(model.config.model_type)
+    patterns = bnb_config("8bit", torch.bfloat16, fam.never_quantize).llm_int8_skip_modules
+    assert patterns == skip_patterns(fam.never_quantize)
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    vision = [n for n in linears if any(k in n for k in ("vision", "visual", "projector", "connector", "merger"))]
+    language = [n for n in linears if n not in vision and "lm_head" not in n]
+    assert vision and language
+    assert all(_skipped_by_bnb(n, patterns) for n in vision), [n for n in vision if not _skipped_by_bnb(n, patterns)]
+    assert not any(_skipped_by_bnb(n, patterns) for n in language)  # the language model is what gets quantised
