@@ -21,7 +21,7 @@ def load_processor(model_id: str):
         return load_pretrained(AutoProcessor.from_pretrained, model_id)
     except ModelNotAvailable:
         raise
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:  # transformers 5 raises either, naming torchvision
         if "torchvision" not in str(exc).lower():
             raise
         logger.debug("the processor of %s needs torchvision (%s); building it without its video processor",
