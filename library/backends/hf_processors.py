@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -54,7 +55,24 @@ def _image_only_processor(model_id: str):
               "chat_template": _chat_template(model_id) or getattr(tokenizer, "chat_template", None)}
     if "video_processor" in cls.get_attributes():
         kwargs["video_processor"] = None
+    accepted = inspect.signature(cls.__init__).parameters
+    for key, value in _processor_settings(model_id).items():  # e.g. LLaVA-OneVision's num_image_tokens
+        if key in accepted and key not in kwargs:
+            kwargs[key] = value
     return ImageOnlyProcessor(**kwargs)
+
+
+def _processor_settings(model_id: str) -> dict:
+    """The processor's own settings from processor_config.json (not its parts' configs)."""
+    folder = _local_folder(model_id)
+    try:
+        data = json.loads((folder / "processor_config.json").read_text(encoding="utf-8")) if folder else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k not in ("processor_class", "image_processor", "video_processor",
+                                                        "tokenizer", "chat_template", "auto_map")}
 
 
 def _processor_class_name(model_id: str) -> str | None:
