@@ -109,10 +109,10 @@ def test_system_prompt_is_a_system_turn_before_the_user_turn(built, dataset, tmp
     assert conversation("P", "S")[0] == {"role": "system", "content": [{"type": "text", "text": "S"}]}
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "joycaption"])
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "joycaption", "florence2"])
 def test_seeded_sampling_does_not_depend_on_batch_order_or_resume(family, built, dataset, tmp_path):
     model = built(family)
-    sample = ["--seed", 5, "--temperature", 1.0, "--top_p", 0.95, "--prompt", "Describe this image."]
+    sample = ["--seed", 5, "--temperature", 1.0, "--top_p", 0.95, "--prompt", prompt_for(model)]
     runs = {}
     for batch in (1, 4):
         out = tmp_path / f"b{batch}"
@@ -120,7 +120,7 @@ def test_seeded_sampling_does_not_depend_on_batch_order_or_resume(family, built,
         runs[batch] = captions(out, images=dataset)
     assert runs[1] == runs[4]
     greedy = tmp_path / "greedy"
-    assert run(base_args(dataset, model, "--greedy", "--prompt", "Describe this image.", "--batch_size", 4,
+    assert run(base_args(dataset, model, "--greedy", "--prompt", prompt_for(model), "--batch_size", 4,
                          "--output_dir", greedy)) == cli.EXIT_OK
     assert captions(greedy, images=dataset) != runs[4], "sampling gave the greedy captions"
     other = tmp_path / "seed6"
@@ -292,3 +292,32 @@ def test_quantization_leaves_every_vision_module_unquantised(family, built):
     assert vision and language
     assert all(_skipped_by_bnb(n, patterns) for n in vision), [n for n in vision if not _skipped_by_bnb(n, patterns)]
     assert not any(_skipped_by_bnb(n, patterns) for n in language)  # the language model is what gets quantised
+
+
+@pytest.mark.parametrize("family", ["gemma3", "joycaption", "qwen2.5-vl"])
+def test_rendered_prompt_is_tokenized_without_a_second_bos(family, built):
+    from library.captioners.vlm import LocalVLM
+
+    vlm = LocalVLM(str(built(family)), device="cpu")
+    images = [Image.new("RGB", (40, 30), (200, 20, 20)), Image.new("RGB", (30, 50), (20, 20, 200))]
+    batch = vlm.inputs(images, ["Describe this image.", "A much longer prompt so that the rows need padding."])
+    bos = vlm.tokenizer.bos_token_id
+    for ids, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist()):
+        real = [t for t, m in zip(ids, mask) if m]
+        assert mask[0] == 0 or mask == [1] * len(mask)  # padded on the left
+        if bos is not None and family != "qwen2.5-vl":  # Qwen has no bos
+            assert real.count(bos) == 1 and real[0] == bos
+
+
+def test_florence_pads_right_and_takes_the_task_token_alone(built, caplog):
+    from library.captioners.vlm import LocalVLM
+
+    vlm = LocalVLM(str(built("florence2")), device="cpu")
+    assert vlm.family.name == "Florence-2" and vlm.tokenizer.padding_side == "right"
+    assert vlm.render("<CAPTION>") == "<CAPTION>"
+    batch = vlm.inputs([Image.new("RGB", (40, 30)), Image.new("RGB", (30, 40))], ["<CAPTION>", "<MORE_DETAILED_CAPTION>"])
+    masks = batch["attention_mask"].tolist()
+    assert masks[0][0] == 1 and masks[0][-1] == 0  # the shorter row is padded on the right
+    with caplog.at_level("WARNING"):
+        vlm.render("describe it")
+    assert "task token" in caplog.text

@@ -165,13 +165,13 @@ class LocalVLM:
         elif seeds is not None:  # each row draws from its own generator
             from library.captioners.row_sampling import RowSampler
 
-            kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+            kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_beams=1,
                           logits_processor=[RowSampler(seeds, sampling.temperature, sampling.top_p, sampling.top_k)])
         else:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k or 0)
+                          top_k=sampling.top_k or 0, num_beams=1)  # Florence-2's generation_config asks for beams
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
         if self.encoder_decoder:
