@@ -19,7 +19,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from pathlib import Path
 
-from finetune import cli, dataset_args
+from finetune import cli, dataset_args, prompted_args
 from library.joycaption import prompts as jp
 from library.joycaption.generation import Sampling
 from library.joycaption.job import MODES, CaptionTask, DualCaptionConfig, run_dual_caption
@@ -42,15 +42,7 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=cli.non_negative_int, default=None, help="top-k sampling (default off)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (deterministic)")
     p.add_argument("--seed", type=cli.lenient_int, default=42, help="random seed for sampling (default 42)")
-    p.add_argument("--num_workers", type=cli.non_negative_int, default=4,
-                   help="processes that decode and resize images (default 4; 0 = none)")
-    p.add_argument("--max_data_loader_n_workers", dest="num_workers", type=cli.non_negative_int,
-                   help=argparse.SUPPRESS)
-    cli.add_resume_args(p, skip_by_default=True)
-    p.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
-    p.add_argument("--caption_extension", default=".txt", help="caption file extension (default .txt)")
-    p.add_argument("--caption_extention", dest="caption_extension", help=argparse.SUPPRESS)
-    p.add_argument("--output_dir", default=None, help="write caption files here, mirroring the input tree")
+    prompted_args.add_output_args(p, skip_by_default=True)
     p.add_argument("--mode", choices=MODES, default="dual",
                    help="dual (default): tags line + description line; tags or description: that caption only")
     g = p.add_argument_group("prompts (JoyCaption's own prompt set; see --list_prompts)")
@@ -81,33 +73,9 @@ def setup_parser() -> argparse.ArgumentParser:
                    help="retries of a caption that loops, refuses, comes back empty or hits its token limit "
                         "(default 2); one that still loops, refuses or is empty is reported as failed and no file "
                         "is written, one that is only cut off is written with a warning")
-    loc = p.add_argument_group("local model")
-    loc.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
-                     help="bitsandbytes quantisation of the language model (CUDA; the vision tower stays as is)")
-    loc.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
-    loc.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16")
-    api = p.add_argument_group("OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp, hosted APIs)")
-    api.add_argument("--api_base", default=None,
-                     help="server URL, e.g. http://localhost:8000/v1; uses the server instead of a local model")
-    api.add_argument("--api_model", default=None,
-                     help="served model name (default: the first one the server lists)")
-    api.add_argument("--api_key_env", default=None,
-                     help="environment variable holding the API key (default OPENAI_API_KEY, used when set)")
-    api.add_argument("--api_concurrency", type=cli.positive_int, default=4, help="parallel requests (default 4)")
-    api.add_argument("--api_timeout", type=float, default=120.0,
-                     help="seconds one whole request may take before a retry (120)")
-    api.add_argument("--api_retries", type=cli.non_negative_int, default=5,
-                     help="retries on 429/5xx/timeouts, with exponential backoff and Retry-After (default 5)")
-    api.add_argument("--api_backoff", type=float, default=1.0,
-                     help="first retry delay in seconds, doubled each time")
-    api.add_argument("--api_image_size", type=cli.non_negative_int, default=384,
-                     help="upload images squashed to this square (384, JoyCaption's input); "
-                          "0 = keep their own size")
-    p.add_argument("--debug", action="store_true", help="log every caption")
-    cli.add_failures_arg(p)
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    dataset_args.add_dataset_config_args(p)
-    cli.add_ray_args(p)
+    prompted_args.add_local_model_args(p)
+    prompted_args.add_api_args(p, image_size=384)
+    prompted_args.add_run_args(p)
     return p
 
 
@@ -124,13 +92,7 @@ def build_tasks(args: argparse.Namespace) -> list[CaptionTask]:
 def backend_factory(args: argparse.Namespace):
     def make():
         if args.api_base:
-            from library.joycaption.api import DEFAULT_KEY_ENV, ApiJoyCaption
-
-            client = ApiJoyCaption(args.api_base, args.api_model, args.api_key_env or DEFAULT_KEY_ENV,
-                                   args.api_concurrency, args.api_timeout, args.api_retries, args.api_backoff,
-                                   args.api_image_size, args.system_prompt, key_required=bool(args.api_key_env))
-            client.check()
-            return client
+            return prompted_args.api_client(args, args.api_image_size, args.system_prompt)
         from library.joycaption.local import LocalJoyCaption
 
         return LocalJoyCaption(args.model, args.device, args.dtype, args.quantization, args.batch_size,

@@ -21,7 +21,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from pathlib import Path
 
-from finetune import cli, dataset_args
+from finetune import cli, dataset_args, prompted_args
 from library.captioners.vlm_families import DEFAULT_PROMPT, describe_families
 from library.errors import FatalError
 from library.joycaption.generation import Sampling
@@ -64,37 +64,10 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pixels", type=cli.positive_int, default=None,
                    help="shrink larger images (aspect kept) to this many pixels before the model sees them: fewer "
                         "image tokens for dynamic-resolution models such as Qwen-VL (default: as they are)")
-    p.add_argument("--num_workers", type=cli.non_negative_int, default=4,
-                   help="processes that decode images (default 4; 0 = none)")
-    p.add_argument("--max_data_loader_n_workers", dest="num_workers", type=cli.non_negative_int,
-                   help=argparse.SUPPRESS)
-    cli.add_resume_args(p, skip_by_default=False)
-    p.add_argument("--recursive", action="store_true", help="also caption images in subfolders")
-    p.add_argument("--caption_extension", default=".txt", help="caption file extension (default .txt)")
-    p.add_argument("--caption_extention", dest="caption_extension", help=argparse.SUPPRESS)
-    p.add_argument("--output_dir", default=None, help="write caption files here, mirroring the input tree")
-    loc = p.add_argument_group("local model")
-    loc.add_argument("--device", default="auto", help=cli.TORCH_DEVICE_HELP)
-    loc.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16")
-    loc.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
-                     help="bitsandbytes quantisation of the language model (CUDA; the vision tower stays as is)")
-    api = p.add_argument_group("OpenAI-compatible server (vLLM, Ollama, LM Studio, llama.cpp, hosted APIs)")
-    api.add_argument("--api_base", default=None,
-                     help="server URL, e.g. http://localhost:8000/v1; uses the server instead of a local model")
-    api.add_argument("--api_model", default=None, help="served model name (default: the first one the server lists)")
-    api.add_argument("--api_key_env", default=None,
-                     help="environment variable holding the API key (default OPENAI_API_KEY, used when set)")
-    api.add_argument("--api_concurrency", type=cli.positive_int, default=4, help="parallel requests (default 4)")
-    api.add_argument("--api_timeout", type=float, default=120.0,
-                     help="seconds one whole request may take before a retry (120)")
-    api.add_argument("--api_retries", type=cli.non_negative_int, default=5,
-                     help="retries on 429/5xx/timeouts, with exponential backoff and Retry-After (default 5)")
-    api.add_argument("--api_backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
-    p.add_argument("--debug", action="store_true", help="log every caption")
-    cli.add_failures_arg(p)
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    dataset_args.add_dataset_config_args(p)
-    cli.add_ray_args(p)
+    prompted_args.add_output_args(p, skip_by_default=False)
+    prompted_args.add_local_model_args(p)
+    prompted_args.add_api_args(p, image_size=None)
+    prompted_args.add_run_args(p)
     return p
 
 
@@ -128,15 +101,8 @@ def check_tags_option(args: argparse.Namespace, prompt: str | None) -> None:
 def backend_factory(args: argparse.Namespace, prompt: str | None):
     """A callable that loads the model (or checks the server) in the process that runs the batches."""
     def make():
-        if args.api_base:
-            from library.joycaption.api import DEFAULT_KEY_ENV, ApiJoyCaption
-
-            client = ApiJoyCaption(args.api_base, args.api_model, args.api_key_env or DEFAULT_KEY_ENV,
-                                   args.api_concurrency, args.api_timeout, args.api_retries, args.api_backoff,
-                                   image_size=0, system_prompt=args.system_prompt,
-                                   key_required=bool(args.api_key_env), max_pixels=args.max_pixels)
-            client.check()
-            return client
+        if args.api_base:  # uploads keep their aspect (shrunk above --max_pixels)
+            return prompted_args.api_client(args, 0, args.system_prompt, args.max_pixels)
         from library.captioners.vlm import LocalVLM
 
         return LocalVLM(args.model, args.device, args.dtype, args.quantization, args.batch_size, args.system_prompt,

@@ -94,7 +94,7 @@ def test_browser_skip_reason_names_what_is_missing(tmp_path):
 
 
 def test_every_script_has_a_page_and_every_link_resolves():
-    helpers = {"__init__", "_bootstrap", "cli", "dataset_args", "tag_args"}
+    helpers = {"__init__", "_bootstrap", "cli", "dataset_args", "tag_args", "prompted_args"}
     shared_pages = {"merge_dd_tags_to_metadata": "merge_captions_to_metadata", "retag_from_scores": "scores",
                     "install_kohya": "kohya_ss"}
     for stem in {p.stem for p in (ROOT / "finetune").glob("*.py")} - helpers:

@@ -141,3 +141,15 @@ class GenerationSettings:
         if min_new:
             out["min_new_tokens"] = min_new
         return out
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every end-of-sequence id of a model: its generation config's (one or a list), then the tokenizer's."""
+    ids: list[int] = []
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        for value in (source if isinstance(source, (list, tuple)) else [source]):
+            if value is not None and int(value) not in ids:
+                ids.append(int(value))
+    if not ids:
+        raise FatalError("the model defines no end-of-sequence token")
+    return ids

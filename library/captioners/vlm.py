@@ -16,6 +16,7 @@ from library.backends.quantization import quantization_kwargs
 from library.backends.torch_device import run_in_chunks
 from library.captioners.vlm_families import Family, family_for
 from library.errors import FatalError
+from library.captioners.hf_models import eos_token_ids
 from library.image_io import open_image
 from library.joycaption.generation import CaptionJob, Generation, Sampling
 
@@ -99,20 +100,10 @@ class LocalVLM:
                 and not getattr(self.tokenizer, "chat_template", None):
             raise FatalError(f"{model_id}: the model has no chat template, so its prompt format is unknown")
         self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self._warned_task = False
 
     # ----- prompts -----
-    def _eos_ids(self) -> list[int]:
-        ids: list[int] = []
-        for source in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
-            for value in (source if isinstance(source, (list, tuple)) else [source]):
-                if value is not None and int(value) not in ids:
-                    ids.append(int(value))
-        if not ids:
-            raise FatalError("the model defines no end-of-sequence token")
-        return ids
-
     def render(self, prompt: str) -> str:
         """The text input for one image: the chat template applied to the conversation (Florence-2: the task token)."""
         if self.family.uses_task_tokens:

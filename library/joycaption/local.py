@@ -12,6 +12,7 @@ from PIL import Image
 
 from library.joycaption.generation import CaptionJob, Generation, Sampling
 from library.errors import FatalError
+from library.captioners.hf_models import eos_token_ids
 from library.backends.hf_loading import device_map_supported, dtype_kwarg, load_pretrained, load_weights
 from library.backends.quantization import QUANTIZATIONS, quantization_kwargs  # noqa: F401 (QUANTIZATIONS: re-export)
 from library.backends.torch_device import run_in_chunks
@@ -144,8 +145,8 @@ class LocalJoyCaption:
         self.image_tokens = image_token_count(cfg)
         self.image_size = int(cfg.vision_config.image_size)
         self.bos_id = self.tokenizer.bos_token_id
-        self.pad_id = self._pad_id()
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.pad_id = self._pad_id()  # falls back to the first end token
         self._prompt_cache: dict[str, list[int]] = {}
         self.batch_size = batch_size
         self.torch = torch
@@ -158,16 +159,6 @@ class LocalJoyCaption:
         if isinstance(pad, int) and pad != self.tokenizer.unk_token_id:
             return pad  # Llama 3.1's pad token (128004)
         return int(self.eos_ids[0])
-
-    def _eos_ids(self) -> list[int]:
-        ids: list[int] = []
-        for source in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
-            for value in (source if isinstance(source, (list, tuple)) else [source]):
-                if value is not None and int(value) not in ids:
-                    ids.append(int(value))
-        if not ids:
-            raise FatalError("the model defines no end-of-sequence token")
-        return ids
 
     # ----- prompts and inputs -----
     def _template(self, content) -> str:
