@@ -292,10 +292,14 @@ def test_vlm_sampled_captions_on_ray_match_single_machine(cluster, tmp_path, cap
 
     model = make_qwen25vl(tmp_path / "qwen")
     data = tmp_path / "data"
-    real_photos(data, n=3)
-    common = [data, "--model", model, "--seed", 11, "--temperature", 1.0, "--max-new-tokens", 8, "--device", "cpu",
-              "--num-workers", 0, "--no-progress", "--prompt", "Describe this image."]
+    photos = real_photos(data, n=3)
+    (data / f"{photos[0].stem}.tags").write_text("outdoors, tree", encoding="utf-8")
+    common = [data, "--model", model, "--seed", 11, "--tags_from", ".tags", "--prompt", "Describe: {tags}",
+              "--temperature", 1.0, "--max-new-tokens", 8, "--device", "cpu",
+              "--num-workers", 0, "--no-progress"]
     assert run("make_captions_by_vlm", common + ["--output-dir", tmp_path / "single", "--batch-size", 3]) == 0
+    capsys.readouterr()
     assert run("make_captions_by_vlm", common + ["--output-dir", tmp_path / "ray", "--ray", "--batch-size", 1]) == 0
+    assert "2 images had no .tags tag file" in capsys.readouterr().out  # counted on the Ray workers too
     single = captions(tmp_path / "single", ".txt")
     assert len(single) == 3 and captions(tmp_path / "ray", ".txt") == single  # per-image seeds: batch/worker free

@@ -68,22 +68,24 @@ class BatchWorker:
 
 
 def result_table(rows: list[dict], results: list[ItemResult], sizes: list):
-    """One result row per input row (key, caption, error, size, scores/details as JSON, tags, warnings, shard)."""
+    """One result row per input row (key, caption, error, size, scores/details as JSON, tags, warnings, notes, shard)."""
     import pyarrow as pa
 
     schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("error", pa.string()),
                         ("image_size", pa.list_(pa.int32())), ("scores", pa.string()), ("tags", pa.list_(pa.string())),
                         ("warnings", pa.list_(pa.string())), ("details", pa.string()), ("shard", pa.string()),
-                        ("shard_size", pa.int64())])
+                        ("shard_size", pa.int64()), ("notes", pa.list_(pa.string()))])
     dump = lambda value: json.dumps(value) if value is not None else None  # noqa: E731
     return pa.Table.from_pydict({
         "key": [r["key"] for r in rows], "caption": [x.caption for x in results], "error": [x.error for x in results],
         "image_size": sizes, "scores": [dump(x.scores) for x in results], "tags": [x.tags for x in results],
         "warnings": [list(x.warnings) for x in results], "details": [dump(x.details) for x in results],
-        "shard": [r.get("shard") for r in rows], "shard_size": [r.get("shard_size") for r in rows]}, schema=schema)
+        "shard": [r.get("shard") for r in rows], "shard_size": [r.get("shard_size") for r in rows],
+        "notes": [list(x.notes) for x in results]}, schema=schema)
 
 
 def row_result(row: dict) -> ItemResult:
     """The ItemResult of a result_table row (in the driver)."""
     return ItemResult(row["caption"], row["error"], json.loads(row["scores"]) if row["scores"] else None,
-                      row["tags"], list(row["warnings"] or []), json.loads(row["details"]) if row["details"] else None)
+                      row["tags"], list(row["warnings"] or []), json.loads(row["details"]) if row["details"] else None,
+                      list(row.get("notes") or []))
