@@ -89,6 +89,9 @@ def read_prompt(args: argparse.Namespace) -> str | None:
 def check_tags_option(args: argparse.Namespace, prompt: str | None) -> None:
     """--tags_from must name other files than the captions, and the prompt should use {tags}."""
     if not args.tags_from:
+        if prompt is not None and TAGS_FIELD in prompt:
+            raise FatalError(f"the prompt holds {TAGS_FIELD} but no --tags_from says where the tags are "
+                             "(e.g. --tags_from .txt)")
         return
     problem = check_tags_from(args.tags_from, args.caption_extension, args.output_dir)
     if problem:

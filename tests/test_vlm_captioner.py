@@ -152,6 +152,9 @@ def test_tags_from_fills_the_prompt_and_counts_images_without_tags(built, datase
         filled = prompt.replace("{tags}", tags.get(image.name, ""))
         assert got[image.name] == one_line(reference(Image.open(image).convert("RGB"), filled, MAX_NEW))
     assert (folder / "img0.txt").read_text(encoding="utf-8").startswith("1girl, red hair")  # tags untouched
+    # {tags} without --tags_from would reach the model as it is: refused
+    assert run(base_args(folder, model, "--prompt", prompt, "--caption_extension", ".caption")) == cli.EXIT_FATAL
+    assert "no --tags_from" in capsys.readouterr().err
     # the captions would replace the tags they come from: refused before anything runs
     code = run(base_args(folder, model, "--prompt", prompt, "--tags_from", ".txt", "--overwrite"))
     assert code != cli.EXIT_OK and "would replace the tags" in capsys.readouterr().err
