@@ -112,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         raise FatalError(problem)
     tasks = build_tasks(args)
+    if not args.tags_from and any(TAGS_FIELD in task.prompt for task in tasks):
+        raise FatalError(f"an --extra_option holds {TAGS_FIELD} but no --tags_from says where the tags are")
     for task in tasks:
         logger.debug("%s prompt: %s", task.name, task.prompt)
     cfg = DualCaptionConfig(
