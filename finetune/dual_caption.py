@@ -65,7 +65,7 @@ def setup_parser() -> argparse.ArgumentParser:
     g.add_argument("--tags_from", default=None, metavar="EXT",
                    help="ground the description in each image's existing tag file with this extension (e.g. .txt "
                         "from a tagger run, with --caption_extension .caption): its prompt gets "
-                        f"'{TAGS_SENTENCE}'; {TAGS_FIELD} in --extra_option text works too")
+                        f"'{TAGS_SENTENCE}'")
     g.add_argument("--tags_max_new_tokens", type=cli.positive_int, default=300, help="token limit of the tags (300)")
     g.add_argument("--desc_max_new_tokens", type=cli.positive_int, default=512,
                    help="token limit of the description (512)")
@@ -112,8 +112,6 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         raise FatalError(problem)
     tasks = build_tasks(args)
-    if not args.tags_from and any(TAGS_FIELD in task.prompt for task in tasks):
-        raise FatalError(f"an --extra_option holds {TAGS_FIELD} but no --tags_from says where the tags are")
     for task in tasks:
         logger.debug("%s prompt: %s", task.name, task.prompt)
     cfg = DualCaptionConfig(
