@@ -4,6 +4,7 @@ batch and order invariance, seeded sampling, {tags} from tag files, the API back
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,28 @@ def test_florence_pads_right_and_takes_the_task_token_alone(built, caplog):
     with caplog.at_level("WARNING"):
         vlm.render("describe it")
     assert "task token" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="the file system must accept names that are not UTF-8")
+def test_hostile_names_get_captions_tags_and_seeds(built, dataset, tmp_path):
+    import os
+
+    model = built("qwen2.5-vl")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    images = sorted(dataset.glob("*.png"))
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # not UTF-8
+    with open(raw, "wb") as f:
+        f.write(images[0].read_bytes())
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.txt"), "wb") as f:
+        f.write("1girl, red hair".encode())
+    html = folder / "a \"quoted\" <b>name&amp;'s.png"
+    html.write_bytes(images[1].read_bytes())
+    args = ["--prompt", "Describe: {tags}", "--tags_from", ".txt", "--caption_extension", ".caption", "--seed", 9,
+            "--temperature", 1.0]
+    assert run(base_args(folder, model, *args, "--batch_size", 2)) == cli.EXIT_OK
+    first = {name: (folder / name).read_bytes() for name in os.listdir(folder) if name.endswith(".caption")}
+    assert {os.fsencode(n) for n in first} == {b"caf\xe9.caption", os.fsencode(html.stem + ".caption")}
+    assert all(text.strip() for text in first.values())
+    assert run(base_args(folder, model, *args, "--batch_size", 1)) == cli.EXIT_OK  # the seed comes from the name
+    assert {name: (folder / name).read_bytes() for name in first} == first
