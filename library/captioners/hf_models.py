@@ -143,10 +143,16 @@ class GenerationSettings:
         return out
 
 
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every end-of-sequence id of a model: its generation config's (one or a list), then the tokenizer's."""
+def eos_token_ids(model: Any, tokenizer: Any, generation_only: bool = False) -> list[int]:
+    """Every end-of-sequence id of a model: its generation config's (one or a list), then the tokenizer's.
+
+    generation_only: only the ids generate() stops at (the generation config's; the tokenizer's when it has none),
+        so that text after a tokenizer-only end token is kept as generate() keeps it.
+    """
     ids: list[int] = []
-    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    sources = (configured,) if generation_only and configured is not None else (configured, tokenizer.eos_token_id)
+    for source in sources:
         for value in (source if isinstance(source, (list, tuple)) else [source]):
             if value is not None and int(value) not in ids:
                 ids.append(int(value))

@@ -100,7 +100,7 @@ class LocalVLM:
                 and not getattr(self.tokenizer, "chat_template", None):
             raise FatalError(f"{model_id}: the model has no chat template, so its prompt format is unknown")
         self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
-        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer, generation_only=True)  # where generate() stops
         self._warned_task = False
 
     # ----- prompts -----
