@@ -74,10 +74,14 @@ class LocalVLM:
         self.system_prompt, self.max_pixels = system_prompt or None, max_pixels
         try:
             config = load_pretrained(AutoConfig.from_pretrained, model_id)
-        except ValueError as exc:  # an architecture transformers does not know (remote-code models)
-            raise FatalError(f"{model_id}: transformers cannot load this model ({str(exc).splitlines()[0]}); "
-                             "captionkit never runs a repository's own code (trust_remote_code): use a "
-                             "transformers-native copy (--list_models)") from None
+        except ValueError as exc:  # an architecture this transformers does not know (newer, or remote code)
+            import transformers
+
+            raise FatalError(f"{model_id}: transformers {transformers.__version__} cannot load this model "
+                             f"({str(exc).splitlines()[0]}). If the model is newer than it (Qwen3-VL needs 4.57 "
+                             "or later), pip install -U transformers; otherwise use a "
+                             "transformers-native copy: captionkit never runs a repository's own code "
+                             "(trust_remote_code); see --list_models") from None
         self.family: Family = family_for(config.model_type)
         kwargs = {dtype_kwarg(): self.dtype}
         kwargs.update(quantization_kwargs(quantization, self.device, self.dtype, self.family.never_quantize))
