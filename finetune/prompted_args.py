@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from finetune import cli
+from library.backends.quantization import QUANTIZATIONS
 
 
 def add_output_args(parser: argparse.ArgumentParser, skip_by_default: bool) -> None:
@@ -23,7 +24,7 @@ def add_output_args(parser: argparse.ArgumentParser, skip_by_default: bool) -> N
 def add_local_model_args(parser: argparse.ArgumentParser) -> None:
     """--quantization, --device, --dtype."""
     loc = parser.add_argument_group("local model")
-    loc.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
+    loc.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
                      help="bitsandbytes quantisation of the language model (CUDA; the vision tower stays as is)")
     loc.add_argument("--device", default="auto", help=cli.TORCH_DEVICE_HELP)
     loc.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16")

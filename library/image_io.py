@@ -65,6 +65,14 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
     return canvas.convert("RGB")
 
 
+def shrink_to_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """`img` shrunk (aspect kept, LANCZOS) to at most max_pixels pixels; as it is when smaller or max_pixels is None."""
+    if not max_pixels or img.width * img.height <= max_pixels:
+        return img
+    scale = (max_pixels / (img.width * img.height)) ** 0.5
+    return img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.LANCZOS)
+
+
 def open_image(path: str | os.PathLike | io.BytesIO,
                min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """Decode the first frame of `path` (a file, or an io.BytesIO of its bytes) as RGB on white.

@@ -26,14 +26,17 @@ class TagSource:
     root: Path
     output_dir: Path | None = None
 
+    def __post_init__(self):
+        mirrored = [SidecarLayout(self.extension, self.root, self.output_dir)] if self.output_dir else []
+        object.__setattr__(self, "layouts", mirrored + [SidecarLayout(self.extension)])
+
     def read(self, image: Path) -> str | None:
         """The image's tags on one line, or None when it has no tag file.
 
         Raises:
             OSError: the tag file exists but cannot be read as UTF-8 text (the message names it).
         """
-        layouts = [SidecarLayout(self.extension, self.root, self.output_dir)] if self.output_dir else []
-        for layout in layouts + [SidecarLayout(self.extension)]:
+        for layout in self.layouts:
             text = read_caption(layout.path_for(image))
             if text is not None:
                 return one_line(text)

@@ -11,6 +11,7 @@ from library.backends.hf_loading import load_pretrained
 from library.backends.hub_files import ModelNotAvailable
 
 logger = logging.getLogger(__name__)
+PART_KEYS = ("processor_class", "image_processor", "video_processor", "tokenizer", "chat_template", "auto_map")
 
 
 def load_processor(model_id: str):
@@ -36,7 +37,10 @@ def _image_only_processor(model_id: str):
 
     image_processor = load_pretrained(AutoImageProcessor.from_pretrained, model_id)
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_id)
-    name = getattr(image_processor, "processor_class", None) or _processor_class_name(model_id)
+    folder = _local_folder(model_id)
+    settings = _read_json(folder, "processor_config.json")
+    name = (getattr(image_processor, "processor_class", None) or settings.get("processor_class")
+            or _read_json(folder, "preprocessor_config.json").get("processor_class"))
     cls = getattr(transformers, name or "", None)
     if cls is None:
         raise ModelNotAvailable(f"{model_id}: its processor needs torchvision (pip install torchvision) and no "
@@ -52,53 +56,31 @@ def _image_only_processor(model_id: str):
 
     ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = cls.__name__
     kwargs = {"image_processor": image_processor, "tokenizer": tokenizer,
-              "chat_template": _chat_template(model_id) or getattr(tokenizer, "chat_template", None)}
+              "chat_template": _chat_template(folder) or getattr(tokenizer, "chat_template", None)}
     if "video_processor" in cls.get_attributes():
         kwargs["video_processor"] = None
     accepted = inspect.signature(cls.__init__).parameters
-    for key, value in _processor_settings(model_id).items():  # e.g. LLaVA-OneVision's num_image_tokens
-        if key in accepted and key not in kwargs:
+    for key, value in settings.items():  # the processor's own settings, e.g. LLaVA-OneVision's num_image_tokens
+        if key in accepted and key not in kwargs and key not in PART_KEYS:
             kwargs[key] = value
     return ImageOnlyProcessor(**kwargs)
 
 
-def _processor_settings(model_id: str) -> dict:
-    """The processor's own settings from processor_config.json (not its parts' configs)."""
-    folder = _local_folder(model_id)
+def _read_json(folder: Path | None, name: str) -> dict:
+    """The JSON object in folder/name; {} when there is no folder, no such file or no object in it."""
     try:
-        data = json.loads((folder / "processor_config.json").read_text(encoding="utf-8")) if folder else {}
+        data = json.loads((folder / name).read_text(encoding="utf-8")) if folder else {}
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if k not in ("processor_class", "image_processor", "video_processor",
-                                                        "tokenizer", "chat_template", "auto_map")}
+    return data if isinstance(data, dict) else {}
 
 
-def _processor_class_name(model_id: str) -> str | None:
-    folder = _local_folder(model_id)
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        try:
-            value = json.loads((folder / name).read_text(encoding="utf-8")).get("processor_class") if folder else None
-        except (OSError, ValueError, AttributeError):
-            continue
-        if value:
-            return value
-    return None
-
-
-def _chat_template(model_id: str) -> str | None:
-    """The processor's chat template (chat_template.jinja or chat_template.json) of a local folder or cached repo."""
-    folder = _local_folder(model_id)
-    if folder is None:
-        return None
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
+def _chat_template(folder: Path | None) -> str | None:
+    """The processor's chat template (chat_template.jinja or chat_template.json) in the model's folder."""
+    jinja = folder / "chat_template.jinja" if folder else None
+    if jinja is not None and jinja.is_file():
         return jinja.read_text(encoding="utf-8")
-    try:
-        return json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _read_json(folder, "chat_template.json").get("chat_template")
 
 
 def _local_folder(model_id: str) -> Path | None:

@@ -30,6 +30,17 @@ def quantization_kwargs(quantization: str, device, dtype, never_quantize: Sequen
     return {"quantization_config": bnb_config(quantization, dtype, never_quantize), "device_map": {"": device.index or 0}}
 
 
+def placement_kwargs(quantization: str, device, dtype, never_quantize: Sequence[str]) -> dict:
+    """from_pretrained keywords for where and how the weights load: dtype, --quantization, and a device_map that
+    puts the model on its CUDA device directly (when this transformers can)."""
+    from library.backends.hf_loading import device_map_supported, dtype_kwarg
+
+    kwargs = {dtype_kwarg(): dtype, **quantization_kwargs(quantization, device, dtype, never_quantize)}
+    if "device_map" not in kwargs and device.type == "cuda" and device_map_supported():
+        kwargs["device_map"] = {"": device.index or 0}
+    return kwargs
+
+
 def skip_patterns(names: Sequence[str]) -> list[str]:
     """llm_int8_skip_modules for module names such as 'vision_tower', on every transformers version.
 

@@ -10,15 +10,15 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from library.backends.hf_loading import device_map_supported, dtype_kwarg, load_pretrained, load_weights
+from library.backends.hf_loading import load_pretrained, load_weights
 from library.backends.hf_processors import load_processor
-from library.backends.quantization import quantization_kwargs
+from library.backends.quantization import placement_kwargs
 from library.backends.torch_device import run_in_chunks
 from library.captioners.vlm_families import Family, family_for
 from library.errors import FatalError
 from library.captioners.hf_models import eos_token_ids
-from library.image_io import open_image
-from library.joycaption.generation import CaptionJob, Generation, Sampling
+from library.image_io import open_image, shrink_to_pixels
+from library.joycaption.generation import CaptionJob, Generation, Sampling, run_in_groups
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,7 @@ class RgbLoader:
 
     def __call__(self, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
         img, original = open_image(path)
-        if self.max_pixels and img.width * img.height > self.max_pixels:
-            scale = (self.max_pixels / (img.width * img.height)) ** 0.5
-            img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.LANCZOS)
-        return np.asarray(img, dtype=np.uint8), original
+        return np.asarray(shrink_to_pixels(img, self.max_pixels), dtype=np.uint8), original
 
 
 def conversation(prompt: str, system_prompt: str | None = None) -> list[dict]:
@@ -83,10 +80,7 @@ class LocalVLM:
                              "transformers-native copy: captionkit never runs a repository's own code "
                              "(trust_remote_code); see --list_models") from None
         self.family: Family = family_for(config.model_type)
-        kwargs = {dtype_kwarg(): self.dtype}
-        kwargs.update(quantization_kwargs(quantization, self.device, self.dtype, self.family.never_quantize))
-        if "device_map" not in kwargs and self.device.type == "cuda" and device_map_supported():
-            kwargs["device_map"] = {"": self.device.index or 0}
+        kwargs = placement_kwargs(quantization, self.device, self.dtype, self.family.never_quantize)
         logger.info("loading %s (%s; %s, %s%s)", model_id, self.family.name, self.device,
                     str(self.dtype).replace("torch.", ""), "" if quantization == "none" else f", {quantization}")
         self.model = load_weights(AutoModelForImageTextToText.from_pretrained, model_id, **kwargs)
@@ -106,6 +100,7 @@ class LocalVLM:
         self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         self.eos_ids = eos_token_ids(self.model, self.tokenizer, generation_only=True)  # where generate() stops
         self._warned_task = False
+        self._rendered: dict[str, str] = {}  # prompt -> templated text (one entry unless prompts hold {tags})
 
     # ----- prompts -----
     def render(self, prompt: str) -> str:
@@ -116,10 +111,16 @@ class LocalVLM:
                 logger.warning("%s takes a task token as its prompt (%s); %r is passed as it is", self.family.name,
                                ", ".join(self.family.task_tokens[:3]), prompt)
             return prompt
+        cached = self._rendered.get(prompt)
+        if cached is not None:
+            return cached
         owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
         text = owner.apply_chat_template(conversation(prompt, self.system_prompt), tokenize=False,
                                          add_generation_prompt=True)
-        return text[0] if isinstance(text, list) else text
+        text = text[0] if isinstance(text, list) else text
+        if len(self._rendered) < 64:  # per-image prompts ({tags}) are not worth keeping
+            self._rendered[prompt] = text
+        return text
 
     def inputs(self, images: Sequence[Image.Image], prompts: Sequence[str]):
         """Processor outputs for one row per (image, prompt), padded on the family's side, on the model's device."""
@@ -213,14 +214,5 @@ class LocalVLM:
 
     def run(self, images: list[Image.Image], jobs: Sequence[CaptionJob]) -> list[Generation | str]:
         """Generate every job; jobs sharing max_new_tokens and sampling run as one padded batch."""
-        results: list[Generation | str] = [""] * len(jobs)
-        groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault((job.max_new_tokens, job.sampling), []).append(i)
-        for (max_new_tokens, sampling), idx in groups.items():
-            seeds = [jobs[i].seed for i in idx]
-            gens = self.generate([images[jobs[i].row] for i in idx], [jobs[i].prompt for i in idx], max_new_tokens,
-                                 sampling, seeds if all(s is not None for s in seeds) else None)
-            for i, gen in zip(idx, gens):
-                results[i] = gen
-        return results
+        return run_in_groups(jobs, lambda idx, max_new_tokens, sampling, seeds: self.generate(
+            [images[jobs[i].row] for i in idx], [jobs[i].prompt for i in idx], max_new_tokens, sampling, seeds))

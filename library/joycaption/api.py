@@ -23,7 +23,7 @@ from PIL import Image
 from library.joycaption.generation import CaptionJob, Generation
 from library.joycaption.http_exchange import CrossOriginRedirect, ExchangeTimeout, TooLarge, exchange
 from library.errors import FatalError
-from library.image_io import open_image
+from library.image_io import open_image, shrink_to_pixels
 from library.joycaption.prompts import SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
@@ -50,9 +50,8 @@ class JpegDataUrlLoader:
         img, original = open_image(path)
         if self.size and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.LANCZOS)
-        elif not self.size and self.max_pixels and img.width * img.height > self.max_pixels:
-            scale = (self.max_pixels / (img.width * img.height)) ** 0.5
-            img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.LANCZOS)
+        elif not self.size:
+            img = shrink_to_pixels(img, self.max_pixels)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=self.quality)
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), original

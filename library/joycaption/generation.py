@@ -46,6 +46,21 @@ class CaptionJob:
     seed: int | None = None  # this image's own sampling seed (library.jobs.image_seed); None: sampling.seed
 
 
+def run_in_groups(jobs: Sequence["CaptionJob"], generate) -> list["Generation | str"]:
+    """Results of `jobs` in order: jobs sharing max_new_tokens and sampling go to one generate(indices,
+    max_new_tokens, sampling, seeds) call (seeds: one per job, or None unless every job has its own)."""
+    results: list = [""] * len(jobs)
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((job.max_new_tokens, job.sampling), []).append(i)
+    for (max_new_tokens, sampling), idx in groups.items():
+        seeds = [jobs[i].seed for i in idx]
+        gens = generate(idx, max_new_tokens, sampling, seeds if all(s is not None for s in seeds) else None)
+        for i, gen in zip(idx, gens):
+            results[i] = gen
+    return results
+
+
 @dataclass
 class Generation:
     """One generated caption.

@@ -152,24 +152,24 @@ class DualCaptionModel(Model):
 
     def __init__(self, backend: Backend, cfg: DualCaptionConfig):
         self.backend, self.cfg, self.loader = backend, cfg, backend.loader()
+        self.root = cfg.image_path if cfg.image_path.is_dir() else cfg.image_path.parent
+        self.tag_source = TagSource(cfg.tags_from, self.root, cfg.output_dir) if cfg.tags_from else None
         self.batch_size = cfg.batch_size or backend.images_per_batch([t.prompt for t in cfg.tasks],
                                                                      max(t.max_new_tokens for t in cfg.tasks))
 
     def process(self, items: list[LoadedItem]) -> list[ItemResult]:
-        root = self.cfg.image_path if self.cfg.image_path.is_dir() else self.cfg.image_path.parent
-        if self.cfg.tags_from is None:
-            return self._caption(items, root, None)
-        source = TagSource(self.cfg.tags_from, root, self.cfg.output_dir)
+        if self.tag_source is None:
+            return self._caption(items, None)
         tags: list[str | None] = []
         unreadable: dict[int, str] = {}
         for i, item in enumerate(items):
             try:
-                tags.append(source.read(item.path))
+                tags.append(self.tag_source.read(item.path))
             except OSError as exc:  # that image fails (its tag file is named), the others go on
                 unreadable[i] = f"tag file: {exc}"
                 tags.append(None)
         keep = [i for i in range(len(items)) if i not in unreadable]
-        done = iter(self._caption([items[i] for i in keep], root, [tags[i] or "" for i in keep]) if keep else [])
+        done = iter(self._caption([items[i] for i in keep], [tags[i] or "" for i in keep]) if keep else [])
         out = []
         for i in range(len(items)):
             if i in unreadable:
@@ -181,9 +181,9 @@ class DualCaptionModel(Model):
             out.append(result)
         return out
 
-    def _caption(self, items: list[LoadedItem], root: Path, tags: list[str] | None) -> list[ItemResult]:
-        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries, root,
-                                tags)
+    def _caption(self, items: list[LoadedItem], tags: list[str] | None) -> list[ItemResult]:
+        results = caption_batch(self.backend, items, self.cfg.tasks, self.cfg.sampling, self.cfg.max_retries,
+                                self.root, tags)
         return [ItemResult("\n".join(captions) if captions is not None else None, error, warnings=warnings,
                            details={"captions": captions} if captions is not None else None)
                 for captions, error, warnings in results]

@@ -10,11 +10,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from library.joycaption.generation import CaptionJob, Generation, Sampling
+from library.joycaption.generation import CaptionJob, Generation, Sampling, run_in_groups
 from library.errors import FatalError
 from library.captioners.hf_models import eos_token_ids
-from library.backends.hf_loading import device_map_supported, dtype_kwarg, load_pretrained, load_weights
-from library.backends.quantization import QUANTIZATIONS, quantization_kwargs  # noqa: F401 (QUANTIZATIONS: re-export)
+from library.backends.hf_loading import load_pretrained, load_weights
+from library.backends.quantization import placement_kwargs
 from library.backends.torch_device import run_in_chunks
 from library.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
@@ -126,10 +126,7 @@ class LocalJoyCaption:
         self.dtype = resolve_dtype(dtype, self.device)
         self.system_prompt = system_prompt
         self.quantization = quantization
-        kwargs = {dtype_kwarg(): self.dtype}
-        kwargs.update(quantization_kwargs(quantization, self.device, self.dtype, NEVER_QUANTIZE))
-        if "device_map" not in kwargs and self.device.type == "cuda" and device_map_supported():
-            kwargs["device_map"] = {"": self.device.index or 0}
+        kwargs = placement_kwargs(quantization, self.device, self.dtype, NEVER_QUANTIZE)
         logger.info("loading %s (%s, %s%s)", model_id, self.device, str(self.dtype).replace("torch.", ""),
                     "" if quantization == "none" else f", {quantization}")
         self.model = load_weights(LlavaForConditionalGeneration.from_pretrained, model_id, **kwargs)
@@ -290,18 +287,11 @@ class LocalJoyCaption:
 
     def run(self, features, jobs: Sequence[CaptionJob]) -> list[Generation | str]:
         """Generate every job; jobs sharing max_new_tokens and sampling run as one left-padded batch."""
-        results: list[Generation | str] = [""] * len(jobs)
-        groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault((job.max_new_tokens, job.sampling), []).append(i)
-        for (max_new_tokens, sampling), idx in groups.items():
+        def generate(idx, max_new_tokens, sampling, seeds):
             rows = self.torch.tensor([jobs[i].row for i in idx], device=features.device)
-            seeds = [jobs[i].seed for i in idx]
-            gens = self.generate(features.index_select(0, rows), [jobs[i].prompt for i in idx], max_new_tokens,
-                                 sampling, seeds if all(s is not None for s in seeds) else None)
-            for i, gen in zip(idx, gens):
-                results[i] = gen
-        return results
+            return self.generate(features.index_select(0, rows), [jobs[i].prompt for i in idx], max_new_tokens,
+                                 sampling, seeds)
+        return run_in_groups(jobs, generate)
 
     # ----- batch sizing -----
     def choose_batch_size(self, prompts: Sequence[str], max_new_tokens: int) -> int:
