@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from library.runtime import limit_openmp_spinning  # noqa: E402
+from library.run.runtime import limit_openmp_spinning  # noqa: E402
 
 limit_openmp_spinning()  # as the scripts do, before torch is imported
 
@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 
 from library.captioners.job import CaptionRunConfig, caption_images  # noqa: E402
 from library.backends.hub_files import locate_model  # noqa: E402
-from library.pipeline import default_workers  # noqa: E402
+from library.run.pipeline import default_workers  # noqa: E402
 from library.taggers.tag_rules import TagOptions  # noqa: E402
 from library.taggers.job import TaggerConfig, tag_images  # noqa: E402
 from library.taggers.wd import WDTagger, ensure_tagger_files  # noqa: E402
@@ -255,7 +255,7 @@ def model_only(predict, sample: np.ndarray, batch: int, n: int, min_seconds: flo
 
 
 def stage_cpu(summary) -> dict[str, float]:
-    """Main-process CPU ms per image by stage, from the run's own clock (library.profiling)."""
+    """Main-process CPU ms per image by stage, from the run's own clock (library.run.profiling)."""
     images = max(1, summary.done + summary.failed)
     return {stage: 1000 * summary.clock.cpu.get(stage, 0.0) / images for stage in ("receive", "model", "write")}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from library.runtime import limit_openmp_spinning  # noqa: E402
+from library.run.runtime import limit_openmp_spinning  # noqa: E402
 
 limit_openmp_spinning()
 

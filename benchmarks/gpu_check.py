@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from benchmarks.bench_tagger import decode_bound, make_images, make_vit_model  # noqa: E402
 from library.backends.gpu_decode import gpu_decode_unavailable  # noqa: E402
 from library.backends.hub_files import locate_model  # noqa: E402
-from library.pipeline import default_workers  # noqa: E402
+from library.run.pipeline import default_workers  # noqa: E402
 from library.taggers.job import TaggerConfig, auto_batch_size, tag_images  # noqa: E402
 from library.taggers.tag_rules import TagOptions  # noqa: E402
 from library.taggers.wd import WDTagger, ensure_tagger_files  # noqa: E402

@@ -25,7 +25,7 @@ from library.dataset.caption_edit import CaptionEdit, edit_captions
 from library.dataset.common_tags import common_tags
 from library.dataset.tokens import ENCODERS, load_tokenizer, parse_tokenizer_spec
 from library.errors import OptionError
-from library.sidecars import split_caption
+from library.files.sidecars import split_caption
 from library.taggers.scores import read_scores, tag_scores
 from library.taggers.tag_rules import parse_tag_list, tag_key
 

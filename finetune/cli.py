@@ -11,7 +11,7 @@ import threading
 from typing import Callable
 
 from library.errors import FatalError, OptionError
-from library.runtime import (is_main_process, limit_openmp_spinning, log_around_progress_bars, process_rank,
+from library.run.runtime import (is_main_process, limit_openmp_spinning, log_around_progress_bars, process_rank,
                              setup_logging)
 
 logger = logging.getLogger("captionkit")

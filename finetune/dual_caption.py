@@ -24,7 +24,7 @@ from library.joycaption import prompts as jp
 from library.joycaption.generation import Sampling
 from library.joycaption.job import MODES, CaptionTask, DualCaptionConfig, run_dual_caption
 from library.errors import FatalError
-from library.prompt_tags import NO_TAGS_NOTE, TAGS_FIELD, TAGS_SENTENCE, check_tags_from
+from library.joycaption.prompt_tags import NO_TAGS_NOTE, TAGS_FIELD, TAGS_SENTENCE, check_tags_from
 
 logger = logging.getLogger("captionkit")
 DEFAULT_MODEL = "fancyfeast/llama-joycaption-beta-one-hf-llava"  # same as library.joycaption.local.DEFAULT_MODEL

@@ -23,7 +23,7 @@ import _bootstrap  # noqa: F401  (this checkout's library first on sys.path)
 
 from finetune import cli
 from library.errors import FatalError
-from library.sidecars import atomic_write_text
+from library.files.sidecars import atomic_write_text
 
 SCRIPTS = ("tag_images_by_wd14_tagger.py", "make_captions.py", "make_captions_by_git.py",
            "merge_captions_to_metadata.py", "merge_dd_tags_to_metadata.py")

@@ -26,7 +26,7 @@ from library.captioners.vlm_families import DEFAULT_PROMPT, describe_families
 from library.errors import FatalError
 from library.joycaption.generation import Sampling
 from library.joycaption.job import CaptionTask, DualCaptionConfig, run_dual_caption
-from library.prompt_tags import NO_TAGS_NOTE, TAGS_FIELD, check_tags_from
+from library.joycaption.prompt_tags import NO_TAGS_NOTE, TAGS_FIELD, check_tags_from
 
 logger = logging.getLogger("captionkit")
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"

@@ -9,7 +9,7 @@ from library.dataset.caption_edit import CaptionEdit, edit_text, shorten_tags
 from library.dataset.tokens import estimate_count
 from library.taggers.labels import TagLabels
 from library.taggers.scores import ScoresWriter, image_record, make_header
-from library.jobs import ItemResult
+from library.run.jobs import ItemResult
 from library.outputs.writer import ResultRow
 from tests.conftest import ROOT, run_script
 from tests.fixtures.datasets import make_image, write_sidecar

@@ -18,7 +18,7 @@ import pytest
 
 from finetune import dataset_args
 from library.review.report import ReportOptions, read_report_data, thumbs_dir_for, write_report
-from library.pipeline import RunSummary
+from library.run.pipeline import RunSummary
 from library.review.edits import change_tags, line_separator
 from library.review.server import TOKEN_HEADER, ReviewServer, serve
 from tests.conftest import ROOT, SCRIPT, run_script
@@ -187,7 +187,7 @@ def test_report_reads_captions_from_a_metadata_file(tmp_path):
 
 def test_store_edits_a_shared_caption_file_once_and_reports_every_image(tmp_path):
     from library.review.edits import CaptionStore
-    from library.sidecars import SidecarLayout
+    from library.files.sidecars import SidecarLayout
 
     ds = tmp_path / "ds"
     ds.mkdir()

@@ -9,7 +9,7 @@ import pytest
 from finetune import cli
 from library.captioners.blip import BlipCaptioner
 from library.captioners.job import CaptionRunConfig, caption_images
-from library.sidecars import one_line
+from library.files.sidecars import one_line
 from library.captioners.hf_models import GenerationSettings
 from tests.fixtures.captioner_models import make_blip, make_blip2_opt, make_blip2_t5
 from tests.fixtures.images import awkward_images, bad_images, real_photos

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from library.discovery import discover_images, find_images
+from library.files.discovery import discover_images, find_images
 from library.errors import FatalError
-from library.image_io import ImageLoadError, open_image
+from library.files.image_io import ImageLoadError, open_image
 from library.taggers.preprocess import SquareImageLoader, cl_input, wd_input
 from tests.fixtures.images import awkward_images, bad_images, real_photos
 from tests.fixtures.wd_models import reference_preprocess

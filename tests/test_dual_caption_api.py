@@ -13,7 +13,7 @@ import pytest
 
 from finetune import cli
 from finetune.dual_caption import main, setup_parser
-from library.sidecars import one_line
+from library.files.sidecars import one_line
 from library.joycaption.api import JpegDataUrlLoader, normalize_base, parse_retry_after
 from library.joycaption.prompts import build_prompt
 from tests.fixtures.dual_caption_server import chat_server, expected_caption
@@ -109,7 +109,7 @@ def test_loops_are_retried_then_reported(photos, tmp_path, capsys):
         assert len(server.requests) == 5
         assert images[0].with_suffix(".txt").read_text(encoding="utf-8") == expected_file(images[0])
         seeds = [r.get("seed") for r in server.requests]
-        from library.jobs import image_seed
+        from library.run.jobs import image_seed
 
         # each image's own seed from --seed 42 and its path (batch-invariant), another one for each retry
         assert seeds[0] == image_seed(42, f"{images[0].name}#tags") % 2**31

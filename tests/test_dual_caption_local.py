@@ -16,15 +16,15 @@ pytest.importorskip("transformers")
 from finetune import cli  # noqa: E402
 from finetune.dual_caption import main, setup_parser  # noqa: E402
 from library.joycaption.generation import Sampling  # noqa: E402
-from library.sidecars import one_line  # noqa: E402
+from library.files.sidecars import one_line  # noqa: E402
 from library.joycaption.job import CaptionTask, caption_batch  # noqa: E402
 from library.errors import FatalError  # noqa: E402
-from library.image_io import open_image  # noqa: E402
+from library.files.image_io import open_image  # noqa: E402
 from library.joycaption.local import (  # noqa: E402
     LocalJoyCaption, SquashLoader, check_rows, image_token_count, kv_bytes_per_token, multi_modal_projector,
     vision_tower)
 from library.joycaption.prompts import build_prompt  # noqa: E402
-from library.pipeline import LoadedItem  # noqa: E402
+from library.run.pipeline import LoadedItem  # noqa: E402
 from tests.fixtures.images import bad_images, real_photos  # noqa: E402
 from tests.fixtures.llava_model import BOS_ID, IMAGE_TOKEN_ID, IMAGE_TOKENS, PAD_ID, make_llava_model  # noqa: E402
 

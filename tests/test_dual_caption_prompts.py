@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from library.joycaption.generation import Generation, Sampling, glitch_reason, repeated_tags, trailing_loop
-from library.sidecars import one_line
+from library.files.sidecars import one_line
 from library.joycaption.job import pick_attempt
 from library.errors import FatalError
 from library.joycaption.prompts import (

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from library.sidecars import (CaptionReadError, TEMP_NAME_MIN, atomic_write_text, read_caption, remove_stale_temps,
+from library.files.sidecars import (CaptionReadError, TEMP_NAME_MIN, atomic_write_text, read_caption, remove_stale_temps,
                               temp_name, write_captions)
 from tests.conftest import ROOT, SCRIPT, run_script
 from tests.fixtures.datasets import make_image, write_sidecar

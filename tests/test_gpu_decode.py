@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from library.backends.gpu_decode import JpegBytesLoader, gpu_decode_unavailable, pad_resize
-from library.image_io import ImageLoadError
+from library.files.image_io import ImageLoadError
 from library.taggers.preprocess import SquareImageLoader, square_rgb_uint8
 from tests.conftest import SCRIPT, run_script
 from tests.fixtures.images import real_photos

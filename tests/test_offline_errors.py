@@ -131,7 +131,7 @@ def test_transformers_model_unreachable_hub_uses_the_cache_or_fails_fast(repos, 
 
 def test_each_hub_warning_is_printed_once():
     code = """
-        from library.runtime import setup_logging
+        from library.run.runtime import setup_logging
         setup_logging()
         from library.backends.hub_access import quiet_duplicate_hub_logging
         quiet_duplicate_hub_logging()

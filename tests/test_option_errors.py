@@ -7,7 +7,7 @@ from library.dataset.buckets import BucketPlanner, BucketSettings, as_resolution
 from library.dataset.caption_edit import CaptionEdit
 from library.errors import FatalError, OptionError
 from library.outputs.table import TableOutput
-from library.sidecars import normalize_extension
+from library.files.sidecars import normalize_extension
 from library.taggers.tag_rules import parse_tag_replacement
 from tests.fixtures.datasets import make_image, write_sidecar
 

@@ -12,7 +12,7 @@ from finetune import cli
 from finetune import retag_from_scores as retag_script
 from finetune import tag_images_by_wd14_tagger as tagger_script
 from library.errors import FatalError
-from library.jobs import ItemResult
+from library.run.jobs import ItemResult
 from library.outputs.writer import ResultRow
 from library.taggers.labels import TagLabels
 from library.taggers.scores import FORMAT, ScoresWriter, image_record, make_header, read_scores

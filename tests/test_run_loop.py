@@ -4,14 +4,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.image_io import open_image
-from library.jobs import ItemResult, Job, Model
+from library.files.image_io import open_image
+from library.run.jobs import ItemResult, Job, Model
 from library.outputs.failures import read_failures
 from library.outputs.metadata import MetadataWriter
 from library.outputs.sidecar import SidecarWriter
 from library.outputs.writer import ResultRow, ResultWriter
-from library.runner import RunOptions, run
-from library.sidecars import SidecarLayout
+from library.run.runner import RunOptions, run
+from library.files.sidecars import SidecarLayout
 from tests.conftest import SCRIPT, run_script
 from tests.fixtures.images import bad_images, real_photos
 
@@ -134,7 +134,7 @@ def test_profile_reports_where_the_time_went(tmp_path, model_dir):
 
 
 def test_advice_names_the_bottleneck():
-    from library.profiling import advice
+    from library.run.profiling import advice
 
     assert advice({"receive": 0.7, "model": 0.2, "write": 0.05}).startswith("decode-bound")
     assert advice({"receive": 0.1, "model": 0.8, "write": 0.05}).startswith("model-bound")

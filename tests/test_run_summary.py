@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from library.pipeline import RunSummary
+from library.run.pipeline import RunSummary
 from tests.conftest import SCRIPT, run_script
 from tests.fixtures.images import real_photos
 

@@ -23,7 +23,7 @@ def test_log_lines_do_not_tear_the_progress_bar(capsys):
         bar.update(1)
         logging.getLogger("captionkit").warning("a.png: damaged image")
         bar.update(1)
-        logging.getLogger("library.pipeline").info("batch done")
+        logging.getLogger("library.run.pipeline").info("batch done")
         bar.update(1)
         bar.close()
         return cli.EXIT_OK

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library.image_io import ImageLoadError
+from library.files.image_io import ImageLoadError
 from library.backends.onnx_runtime import ProviderError, choose_providers, create_session, parse_device
-from library.pipeline import RunSummary, iter_loaded, run_batches
-from library.sidecars import SidecarLayout, atomic_write_text, normalize_extension, shared_sidecars, split_caption
+from library.run.pipeline import RunSummary, iter_loaded, run_batches
+from library.files.sidecars import SidecarLayout, atomic_write_text, normalize_extension, shared_sidecars, split_caption
 from tests.conftest import ROOT, SCRIPT
 
 
@@ -83,7 +83,7 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     try:
         import importlib
 
-        import library.sidecars as sidecars
+        import library.files.sidecars as sidecars
         importlib.reload(sidecars)  # the umask is read once at import
         new = tmp_path / "new.txt"
         sidecars.atomic_write_text(new, "x\n")
@@ -165,7 +165,7 @@ def _fresh_python(code: str, **env) -> list[str]:
 
 
 def test_openmp_spinning_is_limited_before_torch_loads():
-    probe = ("import os\n{pre}\nfrom library.runtime import limit_openmp_spinning\n"
+    probe = ("import os\n{pre}\nfrom library.run.runtime import limit_openmp_spinning\n"
              "print(limit_openmp_spinning(), os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'))\n")
     assert _fresh_python(probe.format(pre="")) == ["True", "1000", "1"]
     assert _fresh_python(probe.format(pre=""), GOMP_SPINCOUNT="50000") == ["True", "50000", "1"]  # the user's wins
@@ -178,7 +178,7 @@ def test_openmp_spinning_is_limited_before_torch_loads():
 
 
 def test_write_captions_in_parallel_keeps_order_and_reports_each_failure(tmp_path):
-    from library.sidecars import write_captions
+    from library.files.sidecars import write_captions
 
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
@@ -193,7 +193,7 @@ def test_write_captions_in_parallel_keeps_order_and_reports_each_failure(tmp_pat
 
 
 def test_write_captions_shared_target_last_one_wins(tmp_path):
-    from library.sidecars import write_captions
+    from library.files.sidecars import write_captions
 
     target = tmp_path / "a.txt"  # a.png and a.jpg share it
     items = [(tmp_path / f"x{i}.txt", "x") for i in range(6)] + [(target, "from a.png"), (target, "from a.jpg")]

@@ -18,8 +18,8 @@ from finetune import cli  # noqa: E402
 from finetune.make_captions_by_vlm import main, setup_parser  # noqa: E402
 from library.captioners.vlm import RgbLoader, conversation  # noqa: E402
 from library.captioners.vlm_families import FAMILIES, describe_families, family_for  # noqa: E402
-from library.prompt_tags import fill_tags, TAGS_SENTENCE  # noqa: E402
-from library.sidecars import one_line  # noqa: E402
+from library.joycaption.prompt_tags import fill_tags, TAGS_SENTENCE  # noqa: E402
+from library.files.sidecars import one_line  # noqa: E402
 from tests.fixtures.datasets import make_image, write_sidecar  # noqa: E402
 from tests.fixtures.dual_caption_server import chat_server, expected_caption  # noqa: E402
 from tests.fixtures.vlm_models import BUILDERS, builder, reference_captioner  # noqa: E402

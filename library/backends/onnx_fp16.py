@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from library.errors import FatalError
-from library.sidecars import atomic_write
+from library.files.sidecars import atomic_write
 
 logger = logging.getLogger(__name__)
 

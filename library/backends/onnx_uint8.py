@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from library.backends.onnx_fp16 import is_current
-from library.sidecars import atomic_write
+from library.files.sidecars import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 from library.errors import FatalError
 from library.captioners.hf_models import (GenerationSettings, load_config, load_image_transform, load_model, load_tokenizer,
                         model_device_dtype, text_positions)
-from library.sidecars import one_line
+from library.files.sidecars import one_line
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from library.errors import FatalError
-from library.image_io import open_image
+from library.files.image_io import open_image
 
 
 def _get(obj: Any, key: str) -> Any:

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from library.backends.torch_device import free_accelerator_memory, is_out_of_memory
-from library.jobs import ItemResult, Job, Model
+from library.run.jobs import ItemResult, Job, Model
 from library.outputs.sidecar import sidecar_writer
 from library.outputs.writer import ResultWriter
-from library.pipeline import LoadedItem, RunSummary
-from library.runner import RunOptions, run
-from library.sidecars import one_line
+from library.run.pipeline import LoadedItem, RunSummary
+from library.run.runner import RunOptions, run
+from library.files.sidecars import one_line
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from library.backends.torch_device import run_in_chunks
 from library.captioners.vlm_families import Family, family_for
 from library.errors import FatalError
 from library.captioners.hf_models import eos_token_ids
-from library.image_io import open_image, shrink_to_pixels
+from library.files.image_io import open_image, shrink_to_pixels
 from library.joycaption.generation import CaptionJob, Generation, Sampling, run_in_groups
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
-from library.confinement import Confinement
-from library.discovery import discover_images
+from library.files.confinement import Confinement
+from library.files.discovery import discover_images
 from library.errors import OptionError
-from library.sidecars import SidecarLayout, read_caption, split_caption, write_caption
+from library.files.sidecars import SidecarLayout, read_caption, split_caption, write_caption
 from library.taggers.tag_rules import tag_key
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from library.discovery import discover_images
-from library.sidecars import SidecarLayout, read_caption, split_caption
+from library.files.discovery import discover_images
+from library.files.sidecars import SidecarLayout, read_caption, split_caption
 from library.taggers.tag_rules import tag_key
 
 

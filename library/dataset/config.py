@@ -13,7 +13,7 @@ from library.dataset.buckets import (BUCKET_KEYS, DEFAULT_RESOLUTION, as_resolut
                                      default_bucket_settings)
 from library.dataset.scan import DatasetScan, scan_captions
 from library.errors import FatalError, OptionError
-from library.sidecars import atomic_write_text, normalize_extension, split_caption
+from library.files.sidecars import atomic_write_text, normalize_extension, split_caption
 
 logger = logging.getLogger(__name__)
 

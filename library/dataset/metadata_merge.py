@@ -11,7 +11,7 @@ from pathlib import Path
 from library.dataset.scan import SD_SCRIPTS_EXTENSIONS, scan_captions
 from library.errors import FatalError
 from library.outputs import json_text
-from library.sidecars import SidecarLayout, atomic_write_text, normalize_extension
+from library.files.sidecars import SidecarLayout, atomic_write_text, normalize_extension
 
 logger = logging.getLogger(__name__)
 

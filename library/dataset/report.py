@@ -14,9 +14,9 @@ from library.dataset import toml_io
 from library.dataset.buckets import (DEFAULT_BUCKET_RESO_STEPS, DEFAULT_MAX_BUCKET_RESO, DEFAULT_MIN_BUCKET_RESO, BucketPlanner,
                       BucketSettings, as_resolution)
 from library.dataset.scan import scan_captions, trainer_loads_from_folder
-from library.sidecars import split_caption
+from library.files.sidecars import split_caption
 from library.errors import FatalError
-from library.image_io import ImageLoadError
+from library.files.image_io import ImageLoadError
 from library.dataset.metadata_merge import load_metadata, resolve_key
 from library.dataset.tokens import TokenCounter
 

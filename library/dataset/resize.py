@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.dataset.buckets import BucketPlanner, BucketSettings
-from library.discovery import discover_images, image_extensions
+from library.files.discovery import discover_images, image_extensions
 from library.errors import FatalError
-from library.image_io import ImageLoadError, failure_reason
-from library.pipeline import LoadedItem, RunSummary, default_workers, run_batches
-from library.sidecars import atomic_write, write_error
+from library.files.image_io import ImageLoadError, failure_reason
+from library.run.pipeline import LoadedItem, RunSummary, default_workers, run_batches
+from library.files.sidecars import atomic_write, write_error
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from library.discovery import find_images, image_extensions
+from library.files.discovery import find_images, image_extensions
 from library.errors import FatalError
-from library.sidecars import CaptionReadError, SidecarLayout, read_caption, split_caption
+from library.files.sidecars import CaptionReadError, SidecarLayout, read_caption, split_caption
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from library.discovery import discover_images, find_images, is_image_file
+from library.files.discovery import discover_images, find_images, is_image_file
 from library.errors import FatalError
 
 logger = logging.getLogger(__name__)

@@ -14,13 +14,13 @@ from typing import Any
 from library.distributed.inputs import RayInput, detect_input, parquet_keys, parquet_table, tar_tables
 from library.distributed.worker import BatchWorker, row_result
 from library.errors import FatalError
-from library.jobs import Job
+from library.run.jobs import Job
 from library.outputs.sidecar import SidecarWriter
 from library.outputs.table import TableOutput
 from library.outputs.writer import ResultWriter
-from library.pipeline import LoadedItem, RunSummary
-from library.runner import RunOptions, RunOutcome, warn_shared_sidecars, write_batch
-from library.sidecars import SidecarLayout
+from library.run.pipeline import LoadedItem, RunSummary
+from library.run.runner import RunOptions, RunOutcome, warn_shared_sidecars, write_batch
+from library.files.sidecars import SidecarLayout
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from library.jobs import ItemResult, Job, process_batch
+from library.run.jobs import ItemResult, Job, process_batch
 from library.outputs.writer import ResultWriter
-from library.pipeline import LoadedItem, load_one
-from library.runner import write_batch
+from library.run.pipeline import LoadedItem, load_one
+from library.run.runner import write_batch
 
 logger = logging.getLogger(__name__)
 

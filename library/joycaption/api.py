@@ -23,7 +23,7 @@ from PIL import Image
 from library.joycaption.generation import CaptionJob, Generation
 from library.joycaption.http_exchange import CrossOriginRedirect, ExchangeTimeout, TooLarge, exchange
 from library.errors import FatalError
-from library.image_io import open_image, shrink_to_pixels
+from library.files.image_io import open_image, shrink_to_pixels
 from library.joycaption.prompts import SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)

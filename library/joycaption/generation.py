@@ -43,7 +43,7 @@ class CaptionJob:
     prompt: str
     max_new_tokens: int
     sampling: Sampling
-    seed: int | None = None  # this image's own sampling seed (library.jobs.image_seed); None: sampling.seed
+    seed: int | None = None  # this image's own sampling seed (library.run.jobs.image_seed); None: sampling.seed
 
 
 def run_in_groups(jobs: Sequence["CaptionJob"], generate) -> list["Generation | str"]:

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from library.joycaption.generation import GLITCH_TEXT, CaptionJob, Generation, Sampling, glitch_reason
-from library.sidecars import one_line
+from library.files.sidecars import one_line
 from library.errors import FatalError
-from library.jobs import ItemResult, Job, Model, image_seed
+from library.run.jobs import ItemResult, Job, Model, image_seed
 from library.outputs.sidecar import sidecar_writer
 from library.outputs.writer import ResultWriter
-from library.pipeline import LoadedItem
-from library.prompt_tags import NO_TAGS_NOTE, TagSource, fill_tags
-from library.runner import RunOptions, RunOutcome, run
+from library.run.pipeline import LoadedItem
+from library.joycaption.prompt_tags import NO_TAGS_NOTE, TagSource, fill_tags
+from library.run.runner import RunOptions, RunOutcome, run
 
 logger = logging.getLogger(__name__)
 

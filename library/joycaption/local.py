@@ -16,7 +16,7 @@ from library.captioners.hf_models import eos_token_ids
 from library.backends.hf_loading import load_pretrained, load_weights
 from library.backends.quantization import placement_kwargs
 from library.backends.torch_device import run_in_chunks
-from library.image_io import open_image
+from library.files.image_io import open_image
 from library.joycaption.prompts import SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from library.outputs import json_text
-from library.sidecars import atomic_write_text
+from library.files.sidecars import atomic_write_text
 
 
 def write_failures(path: str | os.PathLike, failures: list[tuple[Path, str]]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from library.outputs import json_text
 from library.outputs.writer import ResultRow, ResultWriter
-from library.sidecars import atomic_write_text
+from library.files.sidecars import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from library.jobs import ItemResult
+from library.run.jobs import ItemResult
 from library.outputs.writer import ResultRow, ResultWriter
-from library.sidecars import SidecarLayout, read_caption, write_captions
+from library.files.sidecars import SidecarLayout, read_caption, write_captions
 
 Merge = Callable[[str, ItemResult], str]  # (existing caption text, new result) -> text to write (--append_tags)
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.jobs import ItemResult
+from library.run.jobs import ItemResult
 
 
 @dataclass

@@ -8,10 +8,10 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from library.confinement import Confinement
+from library.files.confinement import Confinement
 from library.dataset.caption_edit import CaptionEdit, edit_tags
-from library.discovery import discover_images
-from library.sidecars import CaptionReadError, SidecarLayout, read_caption, split_caption, write_caption
+from library.files.discovery import discover_images
+from library.files.sidecars import CaptionReadError, SidecarLayout, read_caption, split_caption, write_caption
 from library.taggers.tag_rules import tag_key
 from library.review.thumbnails import absolute, relative_key
 

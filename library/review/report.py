@@ -12,14 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from library.confinement import Confinement
+from library.files.confinement import Confinement
 from library.dataset.buckets import BucketPlanner, BucketSettings, default_bucket_settings
-from library.discovery import discover_images
+from library.files.discovery import discover_images
 from library.errors import FatalError
 from library.outputs import json_text
 from library.dataset.metadata_merge import load_metadata, resolve_key
 from library.dataset.tokens import ENCODERS, TokenCounter
-from library.sidecars import CaptionReadError, SidecarLayout, atomic_write_text, read_caption
+from library.files.sidecars import CaptionReadError, SidecarLayout, atomic_write_text, read_caption
 from library.review.thumbnails import ThumbInfo, absolute, build_thumbnails, relative_key
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from library.review.report import ReportOptions, collect_report, dataset_root, r
 from library.errors import FatalError
 from library.outputs import json_text
 from library.review.edits import NO_BASE, CaptionStore, EditRefused
-from library.sidecars import SidecarLayout
+from library.files.sidecars import SidecarLayout
 from library.review.thumbnails import NAME_PATTERN, absolute
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from library.outputs import json_text
-from library.image_io import ImageLoadError, open_image
-from library.pipeline import LoadedItem, RunSummary, default_workers, run_batches
-from library.sidecars import atomic_write, atomic_write_text
+from library.files.image_io import ImageLoadError, open_image
+from library.run.pipeline import LoadedItem, RunSummary, default_workers, run_batches
+from library.files.sidecars import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

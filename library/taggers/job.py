@@ -11,14 +11,14 @@ import numpy as np
 from library.backends.gpu_memory import free_gpu_memory, tagger_batch_size
 from library.backends.gpu_decode import JpegBytesLoader, gpu_decoder
 from library.backends.onnx_runtime import parse_device
-from library.jobs import ItemResult, Job, Model
+from library.run.jobs import ItemResult, Job, Model
 from library.outputs.metadata import MetadataWriter
 from library.outputs.sidecar import sidecar_writer
 from library.outputs.tee import TeeWriter
 from library.outputs.writer import ResultWriter
-from library.pipeline import LoadedItem
-from library.runner import RunOptions, RunOutcome, run
-from library.sidecars import split_caption
+from library.run.pipeline import LoadedItem
+from library.run.runner import RunOptions, RunOutcome, run
+from library.files.sidecars import split_caption
 from library.taggers.preprocess import SquareImageLoader
 from library.taggers.scores import DEFAULT_FLOOR, RECORD_KEY, ScoresWriter, file_sha256, image_record, make_header
 from library.taggers.tag_rules import TagOptions, TagSelector, tag_key

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from library.image_io import open_image
+from library.files.image_io import open_image
 
 CAMIE_PAD = (124, 116, 104)  # Camie's reference pads with the ImageNet mean as 8-bit RGB
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

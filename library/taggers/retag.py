@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from library.errors import FatalError
-from library.jobs import ItemResult
+from library.run.jobs import ItemResult
 from library.outputs.writer import ResultRow, ResultWriter
 from library.taggers.labels import TagLabels
 from library.taggers.scores import ScoresFile

@@ -14,7 +14,7 @@ import numpy as np
 
 from library.errors import FatalError
 from library.outputs.writer import ResultRow, ResultWriter
-from library.sidecars import atomic_write_text
+from library.files.sidecars import atomic_write_text
 from library.taggers.labels import CATEGORIES, TagLabels
 
 logger = logging.getLogger(__name__)

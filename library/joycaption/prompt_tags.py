@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.sidecars import SidecarLayout, one_line, read_caption
+from library.files.sidecars import SidecarLayout, one_line, read_caption
 
 TAGS_FIELD = "{tags}"
 TAGS_SENTENCE = "Use these tags where they fit: {tags}."  # what dual_caption.py adds to its description prompt
@@ -53,7 +53,7 @@ def fill_tags(prompt: str, tags: str) -> str:
 
 def check_tags_from(tags_from: str | None, caption_extension: str, output_dir) -> str | None:
     """Why --tags_from cannot be used with these outputs (the captions would replace the tags), or None."""
-    from library.sidecars import normalize_extension
+    from library.files.sidecars import normalize_extension
 
     if tags_from and not output_dir and normalize_extension(tags_from) == normalize_extension(caption_extension):
         return (f"--tags_from {tags_from} is also the caption extension: the captions would replace the tags they "

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from library.errors import FatalError
-from library.image_io import ImageLoadError
-from library.profiling import StageClock
+from library.files.image_io import ImageLoadError
+from library.run.profiling import StageClock
 
 logger = logging.getLogger(__name__)
 

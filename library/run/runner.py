@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from library.discovery import discover_images
-from library.jobs import ItemResult, Job, Model, process_batch
+from library.files.discovery import discover_images
+from library.run.jobs import ItemResult, Job, Model, process_batch
 from library.outputs.failures import write_failures
 from library.outputs.writer import ResultRow, ResultWriter
-from library.pipeline import LoadedItem, RunSummary, default_workers, run_batches
-from library.sidecars import SidecarLayout, shared_sidecars
+from library.run.pipeline import LoadedItem, RunSummary, default_workers, run_batches
+from library.files.sidecars import SidecarLayout, shared_sidecars
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ class Model(ABC):
 
     Attributes:
         loader: picklable callable (path or io.BytesIO) -> (payload, (width, height)), run in the decode workers;
-            raises library.image_io.ImageLoadError for an unreadable file.
+            raises library.files.image_io.ImageLoadError for an unreadable file.
         batch_size: payloads per process() call.
     """
 
@@ -54,7 +54,7 @@ class Model(ABC):
 
     @abstractmethod
     def process(self, items: list) -> list[ItemResult]:
-        """One result per loaded item (library.pipeline.LoadedItem: path, data, size), in order."""
+        """One result per loaded item (library.run.pipeline.LoadedItem: path, data, size), in order."""
 
     def close(self) -> None:
         """Release the model (API sessions, thread pools)."""

@@ -1,0 +1,1 @@
+"""Dataset files: finding images, decoding them robustly, caption sidecars and keeping paths inside the dataset."""
